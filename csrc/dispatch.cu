@@ -1,0 +1,66 @@
+// Maps a runtime (path, head dim, dtype, causal) to the kernel instantiations listed in the generated
+// kernel_table.h. Torch-free.
+#include <type_traits>
+
+#include <cutlass/numeric_types.h>
+
+#include "kernel_api.h"
+#include "kernel_table.h"
+
+namespace flash_tree_attn {
+
+template <int kHeadDim, typename Element, bool kCausal>
+void run_sm80_fwd(FwdParams &params, cudaStream_t stream);
+template <int kHeadDim, typename Element, bool kCausal>
+void run_sm80_bwd(BwdParams &params, cudaStream_t stream);
+
+namespace {
+
+constexpr int kCompiledHeadDims[] = FTA_COMPILED_HEAD_DIMS;
+
+template <typename Element>
+constexpr bool is_bf16() {
+    return std::is_same_v<Element, cutlass::bfloat16_t>;
+}
+
+}  // namespace
+
+int head_dim_bucket(int head_dim) {
+    for (int hd : kCompiledHeadDims) {
+        if (head_dim <= hd) return hd;
+    }
+    return -1;
+}
+
+const char *compiled_head_dims() { return FTA_COMPILED_HEAD_DIMS_STR; }
+
+// Every sm80 backward configuration uses 64-row query blocks (checked in launch_bwd.h).
+int bwd_block_m(int /*head_dim_bucket*/) { return 64; }
+
+const char *run_fwd(FwdParams &params, KernelPath path, cudaStream_t stream) {
+    if (path == KernelPath::kSm90) return "the sm90 (Hopper) kernel path is not compiled into this build";
+    const int bucket = head_dim_bucket(params.shape.head_dim);
+#define FTA_CASE(hd, T, c)                                                        \
+    if (bucket == hd && params.is_bf16 == is_bf16<T>() && params.causal == c) {  \
+        run_sm80_fwd<hd, T, c>(params, stream);                                 \
+        return nullptr;                                                         \
+    }
+    FTA_SM80_FWD_KERNELS(FTA_CASE)
+#undef FTA_CASE
+    return "no forward kernel was compiled for this head dim / dtype / causal combination";
+}
+
+const char *run_bwd(BwdParams &params, KernelPath path, cudaStream_t stream) {
+    if (path == KernelPath::kSm90) return "the sm90 (Hopper) kernel path is not compiled into this build";
+    const int bucket = head_dim_bucket(params.shape.head_dim);
+#define FTA_CASE(hd, T, c)                                                        \
+    if (bucket == hd && params.is_bf16 == is_bf16<T>() && params.causal == c) {  \
+        run_sm80_bwd<hd, T, c>(params, stream);                                 \
+        return nullptr;                                                         \
+    }
+    FTA_SM80_BWD_KERNELS(FTA_CASE)
+#undef FTA_CASE
+    return "no backward kernel was compiled for this head dim / dtype / causal combination";
+}
+
+}  // namespace flash_tree_attn

@@ -1,0 +1,32 @@
+// The torch-free entry points of the kernels: the binding fills a params struct and calls these.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "params.h"
+
+namespace flash_tree_attn {
+
+// Smallest compiled head-dim bucket that holds head_dim, or -1 when none was compiled.
+int head_dim_bucket(int head_dim);
+// Comma-separated compiled head-dim buckets, for error messages and build info.
+const char *compiled_head_dims();
+
+// Tree bounds scratch: block_bounds_scratch_ints() int32s, carved up by block_bounds_view().
+int64_t block_bounds_scratch_ints(int64_t total_q, int64_t total_k, int batch);
+TreeBounds block_bounds_view(const int *scratch, int64_t total_q, int64_t total_k, int batch);
+void launch_block_bounds(const FwdParams &p, int *scratch, cudaStream_t stream);
+
+// Kernel paths. kAuto picks sm90 on capability 9.0 when compiled, else sm80.
+enum class KernelPath : int { kAuto = 0, kSm80 = 80, kSm90 = 90 };
+
+// Returns nullptr on success, or a static message naming what is not compiled.
+const char *run_fwd(FwdParams &params, KernelPath path, cudaStream_t stream);
+const char *run_bwd(BwdParams &params, KernelPath path, cudaStream_t stream);
+
+// Sizes the binding needs to allocate backward scratch.
+int bwd_block_m(int head_dim_bucket);  // query-block size of the backward (dq semaphore layout)
+
+}  // namespace flash_tree_attn

@@ -1,0 +1,90 @@
+// Plain parameter structs handed from the binding to the kernels. No torch types here: the kernels
+// see raw pointers, strides and sizes only, so the same structs serve the sm80 and sm90 paths.
+#pragma once
+
+#include <cstdint>
+
+namespace flash_tree_attn {
+
+// Granularity (in tokens) of the per-block tree bounds computed by block_bounds.cu. Every kernel tile
+// is a multiple of it, so a tile's bounds are the min/max over one or a few granules.
+constexpr int kBoundsGranule = 64;
+
+// Per-granule tree bounds. Granule g of sequence b covers local tokens [g*64, g*64+64) and is stored at
+// index `granule_base(b, cu_seqlens[b]) + g`, a layout that needs no prefix sum over the batch.
+struct TreeBounds {
+    const int *q_start_min = nullptr;  // min over the granule's queries of tree_dfs_order_start_q
+    const int *q_start_max = nullptr;  // max of the same
+    const int *k_end_min = nullptr;    // min over the granule's keys of tree_dfs_order_end_k
+    const int *k_end_max = nullptr;    // max of the same
+};
+
+// floor(cu/64) + b is an upper bound on the granules used by sequences before b, so these bases never
+// overlap; the arrays hold total/64 + batch + 1 entries.
+__host__ __device__ inline int granule_base(int batch_idx, int cu_seqlen) {
+    return cu_seqlen / kBoundsGranule + batch_idx;
+}
+
+inline int64_t num_granule_slots(int64_t total_tokens, int batch) {
+    return total_tokens / kBoundsGranule + batch + 1;
+}
+
+struct AttnShape {
+    int batch = 0;
+    int num_heads_q = 0;
+    int num_heads_kv = 0;
+    int head_dim = 0;          // actual head dim (multiple of 8, <= 256)
+    int max_seqlen_q = 0;
+    int max_seqlen_k = 0;
+    int total_q = 0;
+    int total_k = 0;
+};
+
+struct FwdParams {
+    AttnShape shape;
+
+    // Packed varlen tensors: row index = token, then head, then head dim (contiguous).
+    const void *q = nullptr;
+    const void *k = nullptr;
+    const void *v = nullptr;
+    void *out = nullptr;
+    int64_t q_row_stride = 0, q_head_stride = 0;
+    int64_t k_row_stride = 0, k_head_stride = 0;
+    int64_t v_row_stride = 0, v_head_stride = 0;
+    int64_t o_row_stride = 0, o_head_stride = 0;
+
+    float *softmax_lse = nullptr;  // (num_heads_q, total_q), natural log; -inf for rows that see no key
+
+    const int *cu_seqlens_q = nullptr;  // (batch + 1)
+    const int *cu_seqlens_k = nullptr;
+
+    // Tree arrays (per token, values per sequence) or nullptr for plain (causal) attention.
+    const int *tree_start_q = nullptr;  // (total_q)
+    const int *tree_end_k = nullptr;    // (total_k)
+    TreeBounds bounds;
+
+    float softmax_scale = 1.f;
+    float softmax_scale_log2 = 1.f;  // softmax_scale * log2(e)
+    bool causal = false;
+    bool is_bf16 = false;
+    int num_sms = 0;
+};
+
+struct BwdParams : FwdParams {
+    const void *dout = nullptr;
+    void *dq = nullptr;
+    void *dk = nullptr;
+    void *dv = nullptr;
+    int64_t do_row_stride = 0, do_head_stride = 0;
+    int64_t dq_row_stride = 0, dq_head_stride = 0;
+    int64_t dk_row_stride = 0, dk_head_stride = 0;
+    int64_t dv_row_stride = 0, dv_head_stride = 0;
+
+    const float *dsoftmax_lse = nullptr;  // (num_heads_q, total_q) gradient w.r.t. the LSE output, or nullptr
+    float *dq_accum = nullptr;      // (total_q, num_heads_q, head_dim_bucket) fp32, zeroed by the caller
+    float *dsoftmax_sum = nullptr;  // (num_heads_q, total_q): rowsum(dO * O) - dLSE, written by the preprocess
+    int *dq_semaphore = nullptr;  // deterministic mode: (batch, num_heads_q, query blocks) counters, zeroed
+    bool deterministic = false;
+};
+
+}  // namespace flash_tree_attn

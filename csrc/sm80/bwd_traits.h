@@ -1,0 +1,76 @@
+// Tile shapes, shared-memory layouts and MMA/copy atoms of the sm80 backward kernel.
+#pragma once
+
+#include "sm80/fwd_traits.h"
+
+namespace flash_tree_attn::sm80 {
+
+template <int kNWarps, int kAtomM, typename Element>
+using WarpTiledMma = TiledMMA<MMA_Atom<Sm80MmaOp<Element>>, Layout<Shape<Int<kAtomM>, Int<kNWarps / kAtomM>, _1>>,
+                              Tile<Int<16 * kAtomM>, Int<16 * (kNWarps / kAtomM)>, _16>>;
+
+template <class Layout, int kRows, int kCols>
+using TransposedView = decltype(composition(Layout{}, make_layout(Shape<Int<kCols>, Int<kRows>>{}, GenRowMajor{})));
+
+// kAtomMSdP / kAtomNdKV / kAtomMdQ: warps along the first mode of the S/dP, dK/dV and dQ GEMMs.
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, int kAtomMSdP, int kAtomNdKV, int kAtomMdQ,
+          int kStages_, typename Element_>
+struct BwdTraits {
+    using Element = Element_;
+    static constexpr int kHeadDim = kHeadDim_;
+    static constexpr int kBlockM = kBlockM_;
+    static constexpr int kBlockN = kBlockN_;
+    static constexpr int kNWarps = kNWarps_;
+    static constexpr int kNThreads = kNWarps * 32;
+    static constexpr int kStages = kStages_;  // Q / dO buffers: 2 overlaps the next loads with compute
+    static_assert(kBlockM % kBoundsGranule == 0 && kBlockN % kBoundsGranule == 0);
+    static_assert(kStages == 1 || kStages == 2);
+
+    using TiledMmaSdP = WarpTiledMma<kNWarps, kAtomMSdP, Element>;  // (M, N) = Q K^T, dO V^T
+    using TiledMmadKV = WarpTiledMma<kNWarps, kAtomNdKV, Element>;  // (N, D) = P^T dO, dS^T Q
+    using TiledMmadQ = WarpTiledMma<kNWarps, kAtomMdQ, Element>;    // (M, D) = dS K
+
+    using Panel = SmemPanel<kHeadDim, Element>;
+    using SmemLayoutQ = decltype(tile_to_shape(typename Panel::Atom{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+    using SmemLayoutKV = decltype(tile_to_shape(typename Panel::Atom{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+    using SmemLayoutQt = TransposedView<SmemLayoutQ, kBlockM, kHeadDim>;     // (D, M)
+    using SmemLayoutKt = TransposedView<SmemLayoutKV, kBlockN, kHeadDim>;    // (D, N)
+    using SmemLayoutQtNoSwizzle = decltype(get_nonswizzle_portion(SmemLayoutQt{}));
+    using SmemLayoutKtNoSwizzle = decltype(get_nonswizzle_portion(SmemLayoutKt{}));
+
+    using PanelP = SmemPanel<kBlockN, Element>;
+    using SmemLayoutP = decltype(tile_to_shape(typename PanelP::Atom{}, Shape<Int<kBlockM>, Int<kBlockN>>{}));
+    using SmemLayoutPt = TransposedView<SmemLayoutP, kBlockM, kBlockN>;      // (N, M)
+    using SmemLayoutPtNoSwizzle = decltype(get_nonswizzle_portion(SmemLayoutPt{}));
+
+    static constexpr int kSmemQBytes = kBlockM * kHeadDim * int(sizeof(Element));
+    static constexpr int kSmemKVBytes = kBlockN * kHeadDim * int(sizeof(Element));
+    static constexpr int kSmemPBytes = kBlockM * kBlockN * int(sizeof(Element));
+    // Q and dO (kStages each), K, V, P, dS.
+    static constexpr int kSmemBytes = 2 * kStages * kSmemQBytes + 2 * kSmemKVBytes + 2 * kSmemPBytes;
+
+    using SmemCopyAtom = Copy_Atom<SM75_U32x4_LDSM_N, Element>;
+    using SmemCopyAtomTransposed = Copy_Atom<SM75_U16x8_LDSM_T, Element>;
+    using SmemCopyAtomStore = Copy_Atom<DefaultCopy, Element>;
+
+    using GmemThreads = typename Panel::template GmemThreadLayout<kNThreads>;
+    using GmemCopyLoad = decltype(make_tiled_copy(Copy_Atom<SM80_CP_ASYNC_CACHEGLOBAL<uint128_t>, Element>{},
+                                                  GmemThreads{}, Layout<Shape<_1, _8>>{}));
+    using GmemCopyStore =
+        decltype(make_tiled_copy(Copy_Atom<UniversalCopy<uint128_t>, Element>{}, GmemThreads{}, Layout<Shape<_1, _8>>{}));
+};
+
+template <int kHeadDim, typename Element>
+struct BwdConfig;
+template <typename Element>
+struct BwdConfig<64, Element> { using Traits = BwdTraits<64, 64, 128, 8, 2, 4, 4, 2, Element>; };
+template <typename Element>
+struct BwdConfig<96, Element> { using Traits = BwdTraits<96, 64, 128, 8, 2, 4, 4, 2, Element>; };
+template <typename Element>
+struct BwdConfig<128, Element> { using Traits = BwdTraits<128, 64, 128, 8, 2, 4, 4, 2, Element>; };
+template <typename Element>
+struct BwdConfig<192, Element> { using Traits = BwdTraits<192, 64, 64, 8, 2, 4, 4, 1, Element>; };
+template <typename Element>
+struct BwdConfig<256, Element> { using Traits = BwdTraits<256, 64, 64, 8, 2, 4, 4, 1, Element>; };
+
+}  // namespace flash_tree_attn::sm80

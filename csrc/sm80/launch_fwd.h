@@ -1,0 +1,25 @@
+// Host-side launch of the sm80 forward kernel for one (head dim bucket, dtype, causal) instantiation.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "params.h"
+#include "sm80/fwd_kernel.h"
+
+namespace flash_tree_attn {
+
+template <int kHeadDim, typename Element, bool kCausal>
+void run_sm80_fwd(FwdParams &params, cudaStream_t stream) {
+    using Traits = typename sm80::FwdConfig<kHeadDim, Element>::Traits;
+    const int m_blocks = sm80::ceil_div(params.shape.max_seqlen_q, Traits::kBlockM);
+    if (m_blocks == 0 || params.shape.batch == 0 || params.shape.num_heads_q == 0) return;
+    dim3 grid(m_blocks, params.shape.batch, params.shape.num_heads_q);
+    auto kernel = &sm80::fwd_kernel<Traits, kCausal>;
+    constexpr int smem = Traits::kSmemBytes;
+    if constexpr (smem > 48 * 1024) {
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    }
+    kernel<<<grid, Traits::kNThreads, smem, stream>>>(params);
+}
+
+}  // namespace flash_tree_attn

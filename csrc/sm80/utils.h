@@ -1,0 +1,133 @@
+// Small CuTe helpers shared by the sm80 forward and backward kernels.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/array.h>
+#include <cutlass/numeric_conversion.h>
+#include <cutlass/numeric_types.h>
+
+namespace flash_tree_attn::sm80 {
+
+using namespace cute;
+
+__host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// The accumulator of SM80 16x8 MMAs is ((2 cols, 2 rows), MMA_M, MMA_N): each thread holds a column pair
+// in two rows 8 apart. Viewed as (rows, cols) = ((2, MMA_M), (2, MMA_N)) it can be reduced row by row.
+template <class Layout>
+__forceinline__ __device__ auto acc_rowcol_layout(Layout acc) {
+    static_assert(decltype(rank(acc))::value == 3);
+    auto l = logical_divide(acc, Shape<_2>{});
+    return make_layout(make_layout(get<0, 1>(l), get<1>(l)), make_layout(get<0, 0>(l), get<2>(l)));
+}
+
+template <class Tensor>
+__forceinline__ __device__ auto acc_rowcol(Tensor &&t) {
+    return make_tensor(t.data(), acc_rowcol_layout(t.layout()));
+}
+
+// Two neighbouring 16x8 accumulator tiles (columns n and n+8) hold exactly the registers of one 16x16
+// A operand, so an accumulator is reused as the A operand of the next GEMM without shuffles:
+// ((2,2), MMA_M, MMA_N) -> (((2,2),2), MMA_M, MMA_N / 2).
+template <class Layout>
+__forceinline__ __device__ auto acc_as_a_operand_layout(Layout acc) {
+    static_assert(decltype(rank(acc))::value == 3);
+    auto l = logical_divide(acc, Shape<Underscore, Underscore, _2>{});
+    return make_layout(make_layout(get<0>(l), get<2, 0>(l)), get<1>(l), get<2, 1>(l));
+}
+
+// Writes `src` converted to `To` into a fresh register tensor of the same layout.
+template <typename To, class Tensor>
+__forceinline__ __device__ auto to_type(Tensor const &src) {
+    auto dst = make_tensor<To>(src.layout());
+    constexpr int N = decltype(size(src))::value;
+    using From = typename Tensor::value_type;
+    cutlass::NumericArrayConverter<To, From, N> op;
+    *reinterpret_cast<cutlass::Array<To, N> *>(dst.data()) =
+        op(*reinterpret_cast<const cutlass::Array<From, N> *>(src.data()));
+    return dst;
+}
+
+// acc += A * B with both operands streamed from shared memory one k-slice ahead of the MMAs.
+template <class Acc, class RA, class RB, class SA, class SB, class TiledMma, class CopyA, class CopyB, class ThrCopyA,
+          class ThrCopyB>
+__forceinline__ __device__ void gemm_ss(Acc &acc, RA &tCrA, RB &tCrB, SA const &tCsA, SB const &tCsB,
+                                        TiledMma &tiled_mma, CopyA const &copy_a, CopyB const &copy_b,
+                                        ThrCopyA const &thr_copy_a, ThrCopyB const &thr_copy_b) {
+    auto tCrA_view = thr_copy_a.retile_D(tCrA);
+    auto tCrB_view = thr_copy_b.retile_D(tCrB);
+    constexpr int K = decltype(size<2>(tCrA))::value;
+    copy(copy_a, tCsA(_, _, 0), tCrA_view(_, _, 0));
+    copy(copy_b, tCsB(_, _, 0), tCrB_view(_, _, 0));
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        if (k < K - 1) {
+            copy(copy_a, tCsA(_, _, k + 1), tCrA_view(_, _, k + 1));
+            copy(copy_b, tCsB(_, _, k + 1), tCrB_view(_, _, k + 1));
+        }
+        cute::gemm(tiled_mma, tCrA(_, _, k), tCrB(_, _, k), acc);
+    }
+}
+
+// acc += A * B with A already in registers and B streamed from shared memory.
+template <class Acc, class RA, class RB, class SB, class TiledMma, class CopyB, class ThrCopyB>
+__forceinline__ __device__ void gemm_rs(Acc &acc, RA const &tCrA, RB &tCrB, SB const &tCsB, TiledMma &tiled_mma,
+                                        CopyB const &copy_b, ThrCopyB const &thr_copy_b) {
+    auto tCrB_view = thr_copy_b.retile_D(tCrB);
+    constexpr int K = decltype(size<2>(tCrA))::value;
+    copy(copy_b, tCsB(_, _, 0), tCrB_view(_, _, 0));
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        if (k < K - 1) copy(copy_b, tCsB(_, _, k + 1), tCrB_view(_, _, k + 1));
+        cute::gemm(tiled_mma, tCrA(_, _, k), tCrB(_, _, k), acc);
+    }
+}
+
+// Global -> shared tile copy (cp.async, 16 bytes per vector). Rows >= max_rows and columns >= max_cols
+// are zero-filled in shared memory so that padded rows never feed NaN/Inf garbage into the MMAs.
+// src/dst are partitions (CPY, CPY_M, CPY_K) of one tile, coord the identity partition of the same tile.
+template <class TiledCopy, class S, class D, class C>
+__forceinline__ __device__ void copy_tile_async(TiledCopy const &tiled_copy, S const &src, D &dst, C const &coord,
+                                                int max_rows, int max_cols) {
+#pragma unroll
+    for (int m = 0; m < size<1>(dst); ++m) {
+        const bool row_ok = get<0>(coord(0, m, 0)) < max_rows;
+#pragma unroll
+        for (int k = 0; k < size<2>(dst); ++k) {
+            if (row_ok && get<1>(coord(0, m, k)) < max_cols) {
+                copy(tiled_copy, src(_, m, k), dst(_, m, k));
+            } else {
+                clear(dst(_, m, k));
+            }
+        }
+    }
+}
+
+// Shared -> global tile copy through registers, rows/columns outside the bounds are not written.
+template <class TiledCopy, class S, class D, class C>
+__forceinline__ __device__ void store_tile(TiledCopy const &tiled_copy, S const &src, D &dst, C const &coord,
+                                           int max_rows, int max_cols) {
+    auto staged = make_tensor<typename D::value_type>(shape(src));
+    copy(tiled_copy, src, staged);
+#pragma unroll
+    for (int m = 0; m < size<1>(dst); ++m) {
+        if (get<0>(coord(0, m, 0)) < max_rows) {
+#pragma unroll
+            for (int k = 0; k < size<2>(dst); ++k) {
+                if (get<1>(coord(0, m, k)) < max_cols) copy(tiled_copy, staged(_, m, k), dst(_, m, k));
+            }
+        }
+    }
+}
+
+// Reductions across the 4 threads of a quad, which together hold one MMA accumulator row.
+__forceinline__ __device__ float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__forceinline__ __device__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+}  // namespace flash_tree_attn::sm80

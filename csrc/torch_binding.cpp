@@ -1,0 +1,237 @@
+// The only file that knows torch: checks tensors, allocates outputs and scratch, fills the plain parameter
+// structs and registers the CUDA implementations of the ops whose schema flash_tree_attn/_ops.py defines.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <optional>
+#include <tuple>
+
+#include "kernel_api.h"
+
+namespace flash_tree_attn {
+namespace {
+
+void check_device_capability(const at::Tensor &q) {
+    const cudaDeviceProp *prop = at::cuda::getDeviceProperties(q.get_device());
+    TORCH_CHECK(prop->major >= 8, "flash_tree_attn needs an NVIDIA GPU of compute capability 8.0 (Ampere) or newer; ",
+                prop->name, " is sm_", prop->major, prop->minor);
+}
+
+void check_qkv(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v) {
+    TORCH_CHECK(q.is_cuda() && k.is_cuda() && v.is_cuda(), "flash_tree_attn: q, k, v must be CUDA tensors");
+    TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
+                "flash_tree_attn: q, k, v must be (tokens, heads, head_dim); got ", q.sizes(), ", ", k.sizes(), ", ",
+                v.sizes());
+    const auto dtype = q.scalar_type();
+    TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16, "flash_tree_attn: q must be float16 or bfloat16, got ",
+                dtype);
+    TORCH_CHECK(k.scalar_type() == dtype && v.scalar_type() == dtype, "flash_tree_attn: q, k, v must share a dtype");
+    TORCH_CHECK(q.stride(-1) == 1 && k.stride(-1) == 1 && v.stride(-1) == 1,
+                "flash_tree_attn: q, k, v must have a contiguous last dimension");
+    TORCH_CHECK(k.sizes() == v.sizes(), "flash_tree_attn: k and v must have the same shape");
+    TORCH_CHECK(q.size(2) == k.size(2), "flash_tree_attn: q and k must have the same head dim");
+    TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0,
+                "flash_tree_attn: query heads must be a multiple of key/value heads; got ", q.size(1), " and ",
+                k.size(1));
+    for (const at::Tensor *t : {&q, &k, &v}) {
+        // The kernels move 16-byte vectors (8 elements) with cp.async.
+        TORCH_CHECK(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0 && t->stride(0) % 8 == 0 &&
+                        t->stride(1) % 8 == 0,
+                    "flash_tree_attn: q, k, v must start on a 16-byte boundary with token and head strides that are "
+                    "multiples of 8 elements; got strides ", t->strides(), " (call .contiguous() first)");
+    }
+    const int64_t d = q.size(2);
+    TORCH_CHECK(d > 0 && d <= 256 && d % 8 == 0, "flash_tree_attn: head dim must be a multiple of 8 up to 256, got ", d);
+    TORCH_CHECK(head_dim_bucket(static_cast<int>(d)) > 0, "flash_tree_attn: head dim ", d,
+                " is larger than every head dim compiled into this build (", compiled_head_dims(),
+                "); rebuild with FLASH_TREE_ATTN_HEAD_DIMS including a larger bucket");
+}
+
+void check_index(const at::Tensor &t, const char *name, int64_t length, const at::Tensor &q) {
+    TORCH_CHECK(t.scalar_type() == at::kInt, "flash_tree_attn: ", name, " must be int32, got ", t.scalar_type());
+    TORCH_CHECK(t.device() == q.device(), "flash_tree_attn: ", name, " must be on ", q.device());
+    TORCH_CHECK(t.dim() == 1 && t.is_contiguous(), "flash_tree_attn: ", name, " must be a contiguous 1-D tensor");
+    TORCH_CHECK(length < 0 || t.size(0) == length, "flash_tree_attn: ", name, " must have ", length,
+                " entries, got ", t.size(0));
+}
+
+KernelPath to_path(int64_t code) {
+    switch (code) {
+        case 0: return KernelPath::kAuto;
+        case 80: return KernelPath::kSm80;
+        case 90: return KernelPath::kSm90;
+        default: TORCH_CHECK(false, "flash_tree_attn: kernel_path must be 0 (auto), 80 or 90, got ", code);
+    }
+}
+
+// Fills everything the forward and backward share. Returns the tree-bounds scratch (kept alive by the caller).
+std::optional<at::Tensor> fill_common(FwdParams &p, const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
+                                      const at::Tensor &cu_q, const at::Tensor &cu_k,
+                                      const std::optional<at::Tensor> &start_q, const std::optional<at::Tensor> &end_k,
+                                      int64_t max_seqlen_q, int64_t max_seqlen_k, double softmax_scale, bool causal,
+                                      int64_t window_left, int64_t window_right, double softcap) {
+    check_qkv(q, k, v);
+    check_device_capability(q);
+    TORCH_CHECK(window_left == -1 && window_right == -1, "flash_tree_attn: sliding-window attention is not supported");
+    TORCH_CHECK(softcap == 0.0, "flash_tree_attn: softcap is not supported");
+    TORCH_CHECK(softmax_scale > 0.0, "flash_tree_attn: softmax_scale must be positive, got ", softmax_scale);
+    TORCH_CHECK(max_seqlen_q >= 0 && max_seqlen_k >= 0 && max_seqlen_q <= INT32_MAX && max_seqlen_k <= INT32_MAX,
+                "flash_tree_attn: max_seqlen out of range");
+    TORCH_CHECK(q.size(0) <= INT32_MAX && k.size(0) <= INT32_MAX, "flash_tree_attn: too many tokens for int32 indices");
+    check_index(cu_q, "cu_seqlens_q", -1, q);
+    check_index(cu_k, "cu_seqlens_k", cu_q.size(0), q);
+    TORCH_CHECK(cu_q.size(0) >= 1, "flash_tree_attn: cu_seqlens must have at least one entry");
+    TORCH_CHECK(start_q.has_value() == end_k.has_value(),
+                "flash_tree_attn: pass both tree arrays or neither");
+    if (start_q.has_value()) {
+        TORCH_CHECK(causal, "flash_tree_attn: tree attention requires causal=True");
+        check_index(*start_q, "tree_dfs_order_start_q", q.size(0), q);
+        check_index(*end_k, "tree_dfs_order_end_k", k.size(0), q);
+    }
+
+    p.shape.batch = static_cast<int>(cu_q.size(0) - 1);
+    p.shape.num_heads_q = static_cast<int>(q.size(1));
+    p.shape.num_heads_kv = static_cast<int>(k.size(1));
+    p.shape.head_dim = static_cast<int>(q.size(2));
+    p.shape.max_seqlen_q = static_cast<int>(max_seqlen_q);
+    p.shape.max_seqlen_k = static_cast<int>(max_seqlen_k);
+    p.shape.total_q = static_cast<int>(q.size(0));
+    p.shape.total_k = static_cast<int>(k.size(0));
+    p.q = q.data_ptr();
+    p.k = k.data_ptr();
+    p.v = v.data_ptr();
+    p.q_row_stride = q.stride(0);
+    p.q_head_stride = q.stride(1);
+    p.k_row_stride = k.stride(0);
+    p.k_head_stride = k.stride(1);
+    p.v_row_stride = v.stride(0);
+    p.v_head_stride = v.stride(1);
+    p.cu_seqlens_q = cu_q.data_ptr<int>();
+    p.cu_seqlens_k = cu_k.data_ptr<int>();
+    p.softmax_scale = static_cast<float>(softmax_scale);
+    p.softmax_scale_log2 = static_cast<float>(softmax_scale * M_LOG2E);
+    p.causal = causal;
+    p.is_bf16 = q.scalar_type() == at::kBFloat16;
+    p.num_sms = at::cuda::getDeviceProperties(q.get_device())->multiProcessorCount;
+
+    if (!start_q.has_value()) return std::nullopt;
+    p.tree_start_q = start_q->data_ptr<int>();
+    p.tree_end_k = end_k->data_ptr<int>();
+    at::Tensor scratch = at::empty({block_bounds_scratch_ints(p.shape.total_q, p.shape.total_k, p.shape.batch)},
+                                   q.options().dtype(at::kInt));
+    p.bounds = block_bounds_view(scratch.data_ptr<int>(), p.shape.total_q, p.shape.total_k, p.shape.batch);
+    launch_block_bounds(p, scratch.data_ptr<int>(), at::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return scratch;
+}
+
+std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
+                                            const at::Tensor &cu_q, const at::Tensor &cu_k,
+                                            const std::optional<at::Tensor> &start_q,
+                                            const std::optional<at::Tensor> &end_k, int64_t max_seqlen_q,
+                                            int64_t max_seqlen_k, double softmax_scale, bool causal,
+                                            int64_t window_left, int64_t window_right, double softcap,
+                                            bool /*deterministic: backward only*/, int64_t kernel_path) {
+    c10::cuda::CUDAGuard guard(q.device());
+    FwdParams p;
+    auto scratch = fill_common(p, q, k, v, cu_q, cu_k, start_q, end_k, max_seqlen_q, max_seqlen_k, softmax_scale,
+                               causal, window_left, window_right, softcap);
+    at::Tensor out = at::empty_like(q);
+    at::Tensor lse = at::empty({q.size(1), q.size(0)}, q.options().dtype(at::kFloat));
+    p.out = out.data_ptr();
+    p.o_row_stride = out.stride(0);
+    p.o_head_stride = out.stride(1);
+    p.softmax_lse = lse.data_ptr<float>();
+    if (q.size(0) > 0) {
+        const char *err = run_fwd(p, to_path(kernel_path), at::cuda::getCurrentCUDAStream());
+        TORCH_CHECK(err == nullptr, "flash_tree_attn: ", err, " (head dim ", p.shape.head_dim, ", ",
+                    p.is_bf16 ? "bf16" : "fp16", ", causal=", causal, "; compiled head dims: ", compiled_head_dims(),
+                    ")");
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
+    const at::Tensor &dout, const std::optional<at::Tensor> &dlse, const at::Tensor &q, const at::Tensor &k,
+    const at::Tensor &v, const at::Tensor &out, const at::Tensor &lse, const at::Tensor &cu_q, const at::Tensor &cu_k,
+    const std::optional<at::Tensor> &start_q, const std::optional<at::Tensor> &end_k, int64_t max_seqlen_q,
+    int64_t max_seqlen_k, double softmax_scale, bool causal, int64_t window_left, int64_t window_right, double softcap,
+    bool deterministic, int64_t kernel_path) {
+    c10::cuda::CUDAGuard guard(q.device());
+    BwdParams p;
+    auto scratch = fill_common(p, q, k, v, cu_q, cu_k, start_q, end_k, max_seqlen_q, max_seqlen_k, softmax_scale,
+                               causal, window_left, window_right, softcap);
+    TORCH_CHECK(dout.sizes() == q.sizes() && out.sizes() == q.sizes(), "flash_tree_attn: dout and out must be shaped like q");
+    TORCH_CHECK(dout.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type(),
+                "flash_tree_attn: dout and out must have q's dtype");
+    for (const at::Tensor *t : {&dout, &out}) {
+        TORCH_CHECK(t->stride(-1) == 1 && reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0 &&
+                        t->stride(0) % 8 == 0 && t->stride(1) % 8 == 0,
+                    "flash_tree_attn: dout and out need a contiguous last dim, a 16-byte aligned start and strides "
+                    "that are multiples of 8 elements; got strides ", t->strides());
+    }
+    TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.dim() == 2 && lse.size(0) == q.size(1) &&
+                    lse.size(1) == q.size(0) && lse.is_contiguous(),
+                "flash_tree_attn: softmax_lse must be a contiguous float32 (heads, tokens) tensor");
+    at::Tensor dlse_c;
+    if (dlse.has_value()) {
+        dlse_c = dlse->to(at::kFloat).contiguous();
+        TORCH_CHECK(dlse_c.sizes() == lse.sizes(), "flash_tree_attn: the LSE gradient must be shaped like softmax_lse");
+        p.dsoftmax_lse = dlse_c.data_ptr<float>();
+    }
+    at::Tensor dq = at::empty_like(q);
+    at::Tensor dk = at::empty_like(k);
+    at::Tensor dv = at::empty_like(v);
+    if (q.size(0) == 0 || k.size(0) == 0) {
+        dq.zero_();
+        dk.zero_();
+        dv.zero_();
+        return {dq, dk, dv};
+    }
+    const int bucket = head_dim_bucket(p.shape.head_dim);
+    at::Tensor dq_accum = at::zeros({q.size(0), q.size(1), bucket}, q.options().dtype(at::kFloat));
+    at::Tensor dsum = at::empty({q.size(1), q.size(0)}, q.options().dtype(at::kFloat));
+    at::Tensor semaphore;
+    if (deterministic) {
+        const int64_t m_blocks = (max_seqlen_q + bwd_block_m(bucket) - 1) / bwd_block_m(bucket);
+        semaphore = at::zeros({p.shape.batch, q.size(1), m_blocks}, q.options().dtype(at::kInt));
+        p.dq_semaphore = semaphore.data_ptr<int>();
+    }
+    p.out = out.data_ptr();
+    p.o_row_stride = out.stride(0);
+    p.o_head_stride = out.stride(1);
+    p.softmax_lse = lse.data_ptr<float>();
+    p.dout = dout.data_ptr();
+    p.do_row_stride = dout.stride(0);
+    p.do_head_stride = dout.stride(1);
+    p.dq = dq.data_ptr();
+    p.dq_row_stride = dq.stride(0);
+    p.dq_head_stride = dq.stride(1);
+    p.dk = dk.data_ptr();
+    p.dk_row_stride = dk.stride(0);
+    p.dk_head_stride = dk.stride(1);
+    p.dv = dv.data_ptr();
+    p.dv_row_stride = dv.stride(0);
+    p.dv_head_stride = dv.stride(1);
+    p.dq_accum = dq_accum.data_ptr<float>();
+    p.dsoftmax_sum = dsum.data_ptr<float>();
+    p.deterministic = deterministic;
+    const char *err = run_bwd(p, to_path(kernel_path), at::cuda::getCurrentCUDAStream());
+    TORCH_CHECK(err == nullptr, "flash_tree_attn: ", err, " (head dim ", p.shape.head_dim, ", ",
+                p.is_bf16 ? "bf16" : "fp16", ", causal=", causal, "; compiled head dims: ", compiled_head_dims(), ")");
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return {dq, dk, dv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(flash_tree_attn, CUDA, m) {
+    m.impl("fwd", &fwd_cuda);
+    m.impl("bwd", &bwd_cuda);
+}
+
+}  // namespace flash_tree_attn

@@ -1,0 +1,11 @@
+"""flash-tree-attn: CUDA attention for tree-packed sequences.
+
+Public API: flash_attn_varlen_func / flash_attn_func (flash-attn 2 compatible, plus the tree arrays),
+flash_tree_attn.tree (layouts from trees and token groups), flash_tree_attn.reference (fp32 oracle).
+"""
+from ._version import __version__
+from . import _ops
+from .interface import flash_attn_func, flash_attn_varlen_func
+from . import reference, tree
+
+__all__ = ["__version__", "flash_attn_func", "flash_attn_varlen_func", "reference", "tree"]

@@ -1,0 +1,291 @@
+"""GPU correctness of the CUDA kernels against the fp32 reference (FlashAttention test convention).
+
+For every output (out, lse, dq, dk, dv): max |ours - fp32 reference| must be at most 2x max |reference computed in
+the input precision - fp32 reference| plus a small absolute tolerance. Inputs are fresh random draws each run;
+the caching allocator is filled with NaN before each kernel call so an unwritten output element cannot pass.
+Run the sm80 path explicitly with FLASH_TREE_ATTN_PATH=sm80.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+
+import pytest
+import torch
+
+import flash_tree_attn as fta
+from flash_tree_attn import _ops
+from flash_tree_attn.reference import attention_ref
+from flash_tree_attn.tree import layout_from_segments
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = [torch.bfloat16, torch.float16]
+# Absolute slack on top of 2x the low-precision reference error (values are O(1)).
+ATOL = {"out": 1e-4, "lse": 1e-4, "dq": 1e-3, "dk": 1e-3, "dv": 1e-3}
+
+
+def compiled_head_dims() -> list[int]:
+    return list(_ops.build_info().get("head_dims", [64, 128]))
+
+
+def head_dims_to_test() -> list[int]:
+    """Every compiled bucket plus head dims that are padded up to the next bucket."""
+    buckets = compiled_head_dims()
+    dims = set(buckets)
+    for lo, hi in zip([0] + buckets[:-1], buckets):
+        if hi - 8 > lo:
+            dims.add(hi - 8 if hi - 8 > lo else hi)
+    return sorted(dims)
+
+
+def poison_allocator(*shapes_dtypes, device="cuda"):
+    """Fill cached allocator blocks of the sizes the op is about to allocate with NaN, then free them."""
+    held = [torch.full(shape, float("nan"), dtype=dt, device=device) for shape, dt in shapes_dtypes]
+    del held
+
+
+def assert_close_conv(name, ours, ref, ref_lowp):
+    ours, ref, ref_lowp = ours.float(), ref.float(), ref_lowp.float()
+    assert not torch.isnan(ours).any(), f"{name}: NaN in kernel output"
+    err = (ours - ref).abs().max().item()
+    err_lowp = (ref_lowp - ref).abs().max().item()
+    bound = 2 * err_lowp + ATOL[name]
+    assert err <= bound, f"{name}: max error {err:.3e} > 2 x {err_lowp:.3e} + {ATOL[name]:.0e}"
+
+
+def check_lse(ours, ref, ref_lowp):
+    empty = torch.isneginf(ref)
+    assert torch.equal(torch.isneginf(ours), empty), "lse must be -inf exactly for rows that see no key"
+    assert torch.isfinite(ours[~empty]).all()
+    keep = ~empty
+    assert_close_conv("lse", ours[keep], ref[keep], ref_lowp[keep])
+
+
+def random_tree(rng: random.Random, nodes: int, min_len: int, max_len: int):
+    segs = [(-1, rng.randint(min_len, max_len))]
+    for i in range(1, nodes):
+        segs.append((rng.randrange(i), rng.randint(min_len, max_len)))
+    return segs
+
+
+def grpo_tree(rng: random.Random, prompt: int, n: int, rmin: int, rmax: int):
+    return [(-1, prompt)] + [(0, rng.randint(rmin, rmax)) for _ in range(n)]
+
+
+def make_qkv(total_q, total_k, hq, hkv, d, dtype, requires_grad=True):
+    q = torch.randn(total_q, hq, d, device="cuda", dtype=dtype)
+    k = torch.randn(total_k, hkv, d, device="cuda", dtype=dtype)
+    v = torch.randn(total_k, hkv, d, device="cuda", dtype=dtype)
+    return [t.requires_grad_(requires_grad) for t in (q, k, v)]
+
+
+def run_case(q, k, v, cu_q, cu_k, max_q, max_k, causal, start_q=None, end_k=None, backward=True,
+             deterministic=False):
+    """Runs ours and both references; checks out, lse and (optionally) dq, dk, dv."""
+    hq, d = q.shape[1], q.shape[2]
+    poison_allocator(((q.shape[0], hq, d), q.dtype), ((hq, q.shape[0]), torch.float32))
+    out, lse, _ = fta.flash_attn_varlen_func(
+        q, k, v, cu_q, cu_k, max_q, max_k, causal=causal, return_attn_probs=True, deterministic=deterministic,
+        tree_dfs_order_start_q=start_q, tree_dfs_order_end_k=end_k)
+    kw = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, causal=causal, tree_dfs_order_start_q=start_q,
+              tree_dfs_order_end_k=end_k, return_lse=True)
+    out_ref, lse_ref = attention_ref(q, k, v, upcast=True, **kw)
+    out_pt, lse_pt = attention_ref(q, k, v, upcast=False, **kw)
+    assert_close_conv("out", out, out_ref, out_pt)
+    check_lse(lse, lse_ref, lse_pt)
+    if not backward:
+        return out
+    g = torch.randn_like(out)
+    poison_allocator(((q.shape[0], hq, d), q.dtype), (k.shape, k.dtype), (v.shape, v.dtype),
+                     ((q.shape[0], hq, d), torch.float32))
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), g)
+    dq_ref, dk_ref, dv_ref = torch.autograd.grad(out_ref, (q, k, v), g.float())
+    dq_pt, dk_pt, dv_pt = torch.autograd.grad(out_pt, (q, k, v), g)
+    assert_close_conv("dq", dq, dq_ref, dq_pt)
+    assert_close_conv("dk", dk, dk_ref, dk_pt)
+    assert_close_conv("dv", dv, dv_ref, dv_pt)
+    return out, (dq, dk, dv)
+
+
+@pytest.fixture(autouse=True)
+def _sm80_path(monkeypatch):
+    monkeypatch.setenv("FLASH_TREE_ATTN_PATH", os.environ.get("FLASH_TREE_ATTN_TEST_PATH", "sm80"))
+    torch.manual_seed(random.randrange(1 << 30))  # fresh inputs every run
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", head_dims_to_test())
+@pytest.mark.parametrize("group", [1, 4])
+def test_grpo_tree(dtype, d, group):
+    rng = random.Random()
+    trees = [grpo_tree(rng, rng.randint(100, 700), rng.randint(2, 6), 1, 400) for _ in range(2)]
+    lay = layout_from_segments(trees, device="cuda")
+    n = lay.total_tokens
+    q, k, v = make_qkv(n, n, 2 * group, 2, d, dtype)
+    run_case(q, k, v, lay.cu_seqlens, lay.cu_seqlens, lay.max_seqlen, lay.max_seqlen, True, lay.start_q, lay.end_k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group", [1, 8])
+def test_random_deep_tree(dtype, group):
+    rng = random.Random()
+    trees = [random_tree(rng, rng.randint(5, 24), 1, 150) for _ in range(3)]
+    lay = layout_from_segments(trees, device="cuda")
+    n = lay.total_tokens
+    d = compiled_head_dims()[0]
+    q, k, v = make_qkv(n, n, 8, 8 // group, d, dtype)
+    run_case(q, k, v, lay.cu_seqlens, lay.cu_seqlens, lay.max_seqlen, lay.max_seqlen, True, lay.start_q, lay.end_k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_chain_equals_causal(dtype):
+    n = 1000 + random.randrange(500)
+    lay = layout_from_segments([[(-1, n)]], device="cuda")
+    d = compiled_head_dims()[-1]
+    q, k, v = make_qkv(n, n, 4, 2, d, dtype)
+    out_tree, grads_tree = run_case(q, k, v, lay.cu_seqlens, lay.cu_seqlens, n, n, True, lay.start_q, lay.end_k)
+    out_causal = fta.flash_attn_varlen_func(q, k, v, lay.cu_seqlens, lay.cu_seqlens, n, n, causal=True)
+    assert torch.equal(out_tree, out_causal), "a single chain must give exactly causal attention"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_all_leaves_block_diagonal(dtype):
+    # Independent segments packed in one sequence: each token sees only its own segment (block-diagonal).
+    rng = random.Random()
+    lens = [rng.randint(1, 300) for _ in range(9)]
+    cu_seg = [0]
+    for L in lens:
+        cu_seg.append(cu_seg[-1] + L)
+    n = cu_seg[-1]
+    start_q = torch.arange(n, dtype=torch.int32, device="cuda")
+    end_k = torch.cat([torch.full((L,), cu_seg[i + 1] - 1, dtype=torch.int32) for i, L in enumerate(lens)]).cuda()
+    cu = torch.tensor([0, n], dtype=torch.int32, device="cuda")
+    d = compiled_head_dims()[0]
+    q, k, v = make_qkv(n, n, 2, 2, d, dtype)
+    out, _ = run_case(q, k, v, cu, cu, n, n, True, start_q, end_k)
+    # The same attention as independent causal sequences (one per segment): the tiles fall differently, so
+    # the two results may differ by rounding; both must meet the reference bound (the tree one did above).
+    cu_seg_t = torch.tensor(cu_seg, dtype=torch.int32, device="cuda")
+    out_varlen = fta.flash_attn_varlen_func(q, k, v, cu_seg_t, cu_seg_t, max(lens), max(lens), causal=True)
+    out_ref = attention_ref(q, k, v, cu_seg_t, cu_seg_t, causal=True)
+    out_pt = attention_ref(q, k, v, cu_seg_t, cu_seg_t, causal=True, upcast=False)
+    assert_close_conv("out", out_varlen, out_ref, out_pt)
+    assert_close_conv("out", out, out_ref, out_pt)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("d", head_dims_to_test())
+def test_varlen_lengths_and_lq_ne_lk(dtype, causal, d):
+    # Lengths 0..2k, not multiples of the block sizes; Lq < Lk, Lq > Lk (rows that see no key when causal).
+    rng = random.Random()
+    lens_q = [0, 1, rng.randint(2, 63), 64, 129, rng.randint(300, 2048), rng.randint(1, 700)]
+    lens_k = [0, 5, rng.randint(1, 63), 64, rng.randint(100, 400), rng.randint(300, 2048), 1]
+    cu_q = torch.tensor([0] + list(torch.tensor(lens_q).cumsum(0)), dtype=torch.int32, device="cuda")
+    cu_k = torch.tensor([0] + list(torch.tensor(lens_k).cumsum(0)), dtype=torch.int32, device="cuda")
+    q, k, v = make_qkv(sum(lens_q), sum(lens_k), 4, 2, d, dtype)
+    run_case(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_padded_batch(dtype, causal):
+    B, Sq, Sk, hq, hkv = 3, 333, 517 if not causal else 333, 8, 2
+    d = compiled_head_dims()[-1]
+    q = torch.randn(B, Sq, hq, d, device="cuda", dtype=dtype, requires_grad=True)
+    k = torch.randn(B, Sk, hkv, d, device="cuda", dtype=dtype, requires_grad=True)
+    v = torch.randn(B, Sk, hkv, d, device="cuda", dtype=dtype, requires_grad=True)
+    out, lse, _ = fta.flash_attn_func(q, k, v, causal=causal, return_attn_probs=True)
+    out_ref, lse_ref = attention_ref(q, k, v, causal=causal, return_lse=True)
+    out_pt, lse_pt = attention_ref(q, k, v, causal=causal, upcast=False, return_lse=True)
+    assert out.shape == q.shape and lse.shape == (B, hq, Sq)
+    assert_close_conv("out", out, out_ref, out_pt)
+    check_lse(lse, lse_ref, lse_pt)
+    g = torch.randn_like(out)
+    for name, a, b, c in zip(("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), g),
+                             torch.autograd.grad(out_ref, (q, k, v), g.float()),
+                             torch.autograd.grad(out_pt, (q, k, v), g)):
+        assert_close_conv(name, a, b, c)
+
+
+def test_padded_tree_batch():
+    rng = random.Random()
+    B, S = 2, 700
+    trees = []
+    for _ in range(B):
+        p = rng.randint(50, 300)
+        rest = S - p
+        cut = rng.randint(1, rest - 1)
+        trees.append([(-1, p), (0, cut), (0, rest - cut)])
+    lay = layout_from_segments(trees, device="cuda")
+    d = compiled_head_dims()[0]
+    q, k, v = (torch.randn(B, S, 4, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    sq, ek = lay.start_q.view(B, S), lay.end_k.view(B, S)
+    out = fta.flash_attn_func(q, k, v, causal=True, tree_dfs_order_start_q=sq, tree_dfs_order_end_k=ek)
+    out_ref = attention_ref(q, k, v, causal=True, tree_dfs_order_start_q=sq, tree_dfs_order_end_k=ek)
+    out_pt = attention_ref(q, k, v, causal=True, tree_dfs_order_start_q=sq, tree_dfs_order_end_k=ek, upcast=False)
+    assert_close_conv("out", out, out_ref, out_pt)
+
+
+def test_deterministic_backward_is_bitwise_reproducible():
+    rng = random.Random()
+    lay = layout_from_segments([grpo_tree(rng, 700, 6, 200, 600)], device="cuda")
+    n = lay.total_tokens
+    d = compiled_head_dims()[-1]
+    q, k, v = make_qkv(n, n, 8, 2, d, torch.bfloat16)
+    g = torch.randn(n, 8, d, device="cuda", dtype=torch.bfloat16)
+    grads = []
+    for _ in range(3):
+        out = fta.flash_attn_varlen_func(q, k, v, lay.cu_seqlens, lay.cu_seqlens, n, n, causal=True,
+                                         deterministic=True, tree_dfs_order_start_q=lay.start_q,
+                                         tree_dfs_order_end_k=lay.end_k)
+        grads.append(torch.autograd.grad(out, (q, k, v), g))
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            assert torch.equal(a, b)
+    # and the deterministic result is still correct
+    run_case(q, k, v, lay.cu_seqlens, lay.cu_seqlens, n, n, True, lay.start_q, lay.end_k, deterministic=True)
+
+
+def test_lse_gradient_flows():
+    # d(sum(lse))/dq must match the reference when the LSE output is used in the loss.
+    n, d = 300, compiled_head_dims()[0]
+    cu = torch.tensor([0, n], dtype=torch.int32, device="cuda")
+    q, k, v = make_qkv(n, n, 2, 2, d, torch.bfloat16)
+    out, lse, _ = fta.flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=True, return_attn_probs=True)
+    (dq,) = torch.autograd.grad(out.float().sum() + lse.sum(), (q,))
+    out_r, lse_r = attention_ref(q, k, v, cu, cu, causal=True, return_lse=True)
+    (dq_r,) = torch.autograd.grad(out_r.sum() + lse_r.sum(), (q,))
+    out_p, lse_p = attention_ref(q, k, v, cu, cu, causal=True, return_lse=True, upcast=False)
+    (dq_p,) = torch.autograd.grad(out_p.float().sum() + lse_p.sum(), (q,))
+    assert_close_conv("dq", dq, dq_r, dq_p)
+
+
+def test_no_host_sync_in_call_path():
+    n, d = 512, compiled_head_dims()[0]
+    lay = layout_from_segments([[(-1, 200), (0, 150), (0, 162)]], device="cuda")
+    q, k, v = make_qkv(n, n, 4, 4, d, torch.bfloat16)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = fta.flash_attn_varlen_func(q, k, v, lay.cu_seqlens, lay.cu_seqlens, lay.max_seqlen, lay.max_seqlen,
+                                         causal=True, tree_dfs_order_start_q=lay.start_q,
+                                         tree_dfs_order_end_k=lay.end_k)
+        out.backward(torch.ones_like(out))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_torch_compile_fullgraph():
+    n, d = 256, compiled_head_dims()[0]
+    cu = torch.tensor([0, 100, n], dtype=torch.int32, device="cuda")
+    q, k, v = make_qkv(n, n, 4, 2, d, torch.bfloat16)
+
+    @torch.compile(fullgraph=True)
+    def f(q, k, v):
+        return fta.flash_attn_varlen_func(q * 1.0, k, v, cu, cu, 156, 156, causal=True).float().sum()
+
+    f(q, k, v).backward()
+    out_eager = fta.flash_attn_varlen_func(q, k, v, cu, cu, 156, 156, causal=True)
+    assert math.isclose(f(q, k, v).item(), out_eager.float().sum().item(), rel_tol=1e-3, abs_tol=1e-2)

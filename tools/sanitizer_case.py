@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Small forward + backward cases for compute-sanitizer (memcheck, racecheck).
+
+    compute-sanitizer --tool memcheck --error-exitcode 1 python3 tools/sanitizer_case.py
+    (tools/run_gpu_checks.sh sanitize does this with PYTORCH_NO_CUDA_MEMORY_CACHING=1, so that every tensor is
+    its own allocation and out-of-bounds accesses are not hidden inside the caching allocator's blocks)
+
+Three packed trees (ragged lengths that do not fill the tiles, a one-token leaf, a chain), bf16, GQA 4/2
+heads, head dim 64 and 128 (those the extension was built with), tree-masked and plain causal, plus a
+deterministic backward. Each output is checked against flash_tree_attn.reference.attention_ref (fp32).
+Exit status 0 when every case ran and matched, 1 otherwise; a head dim the build lacks is skipped.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+try:
+    import flash_tree_attn  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(REPO))
+from flash_tree_attn import _ops, flash_attn_varlen_func  # noqa: E402
+from flash_tree_attn.reference import attention_ref  # noqa: E402
+from flash_tree_attn.tree import layout_from_segments  # noqa: E402
+
+TREES = [
+    [(-1, 70), (0, 33), (0, 50), (1, 17), (2, 40), (2, 1)],  # 211 tokens
+    [(-1, 5), (0, 130), (0, 64)],  # 199 tokens: a short prompt, long branches
+    [(-1, 37)],  # a chain
+]
+HQ, HKV = 4, 2
+TOL = 1e-2
+
+
+def rel(a, b) -> float:
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def run_case(d: int, tree: bool, deterministic: bool, device="cuda", dtype=torch.bfloat16) -> list[str]:
+    dev = torch.device(device)
+    lay = layout_from_segments(TREES, device=dev)
+    n = int(lay.cu_seqlens[-1].item())
+    q = torch.randn(n, HQ, d, device=dev, dtype=dtype, requires_grad=True)
+    k = torch.randn(n, HKV, d, device=dev, dtype=dtype, requires_grad=True)
+    v = torch.randn(n, HKV, d, device=dev, dtype=dtype, requires_grad=True)
+    sq, ek = (lay.start_q, lay.end_k) if tree else (None, None)
+    out = flash_attn_varlen_func(q, k, v, lay.cu_seqlens, lay.cu_seqlens, lay.max_seqlen, lay.max_seqlen,
+                                 causal=True, tree_dfs_order_start_q=sq, tree_dfs_order_end_k=ek,
+                                 deterministic=deterministic)
+    g = torch.randn_like(out)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), g)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+    qf, kf, vf = (t.detach().float().requires_grad_(True) for t in (q, k, v))
+    ref = attention_ref(qf, kf, vf, cu_seqlens_q=lay.cu_seqlens, cu_seqlens_k=lay.cu_seqlens, causal=True,
+                        tree_dfs_order_start_q=sq, tree_dfs_order_end_k=ek)
+    rq, rk, rv = torch.autograd.grad(ref, (qf, kf, vf), g.float())
+    problems = []
+    for name, got, want in (("out", out, ref), ("dq", dq, rq), ("dk", dk, rk), ("dv", dv, rv)):
+        if not torch.isfinite(got).all():
+            problems.append(f"{name} has non-finite values")
+            continue
+        e = rel(got, want)
+        if e > TOL:
+            problems.append(f"{name} rel err {e:.2e} > {TOL}")
+    return problems
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("sanitizer_case: no CUDA GPU")
+        return 1
+    _ops.require_extension()
+    built = _ops.build_info().get("head_dims")
+    dims = [d for d in (64, 128) if not built or d in built]
+    if not dims:
+        print(f"sanitizer_case: the extension has neither head dim 64 nor 128 (built: {built})")
+        return 1
+    torch.manual_seed(0)
+    failed = ran = 0
+    for d in dims:
+        for tree, det in ((True, False), (False, False), (True, True)):
+            label = f"D={d} {'tree' if tree else 'causal'}{' deterministic' if det else ''}"
+            try:
+                problems = run_case(d, tree, det)
+            except Exception as e:  # noqa: BLE001 - report every case
+                problems = [f"{type(e).__name__}: {e}"]
+            ran += 1
+            failed += bool(problems)
+            print(f"sanitizer_case: {label}: {'OK' if not problems else 'FAIL ' + '; '.join(problems)}", flush=True)
+    print(f"sanitizer_case: {ran - failed}/{ran} cases OK")
+    return 0 if failed == 0 and ran else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
