@@ -41,10 +41,11 @@ def self_check() -> bool:
 
     lay = layout_from_segments([[(-1, 97), (0, 60), (0, 81), (1, 33)]], device="cuda")
     n = lay.total_tokens
-    dims = _ops.build_info().get("head_dims") or [64]
-    d = min(dims)
+    info = _ops.build_info()
+    d = min(info.get("head_dims") or [64])
+    dtype = torch.float16 if info.get("dtypes") == ["fp16"] else torch.bfloat16
     torch.manual_seed(0)
-    q, k, v = (torch.randn(n, h, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for h in (4, 2, 2))
+    q, k, v = (torch.randn(n, h, d, device="cuda", dtype=dtype, requires_grad=True) for h in (4, 2, 2))
     out = flash_attn_varlen_func(q, k, v, **lay.varlen_kwargs())
     out.float().square().sum().backward()
     ref = attention_ref(q.detach(), k.detach(), v.detach(), lay.cu_seqlens, lay.cu_seqlens, causal=True,

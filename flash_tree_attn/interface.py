@@ -50,7 +50,8 @@ def _check_qkv(q, k, v, rank: int, layout: str):
             _fail(f"{name} must be a torch.Tensor, got {_describe(t)}")
         if t.dim() != rank:
             _fail(f"{name} must have {rank} dims {layout}, got shape {tuple(t.shape)}")
-        if t.device.type != "cuda":
+        # "meta" tensors are accepted for shape inference (no kernel runs; outputs are meta too).
+        if t.device.type not in ("cuda", "meta"):
             raise ValueError(
                 f"flash_tree_attn: {name} is on {t.device}; the kernels run on CUDA tensors only. For a CPU or fp32 "
                 "computation use flash_tree_attn.reference.attention_ref"
@@ -187,12 +188,13 @@ def flash_attn_varlen_func(
             _fail("tree attention is causal by construction: pass causal=True with the tree arrays")
         _check_index("tree_dfs_order_start_q", tree_dfs_order_start_q, q.shape[0], q.device)
         _check_index("tree_dfs_order_end_k", tree_dfs_order_end_k, k.shape[0], q.device)
-    if _deep_validation_wanted(validate):
+    if _deep_validation_wanted(validate) and q.device.type != "meta":
         _deep_validate(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k,
                        tree_dfs_order_start_q, tree_dfs_order_end_k)
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
-    _ops.require_extension()
+    if q.device.type == "cuda":
+        _ops.require_extension()
     out, lse = torch.ops.flash_tree_attn.fwd(
         q, k, v, cu_seqlens_q, cu_seqlens_k, tree_dfs_order_start_q, tree_dfs_order_end_k,
         max_seqlen_q, max_seqlen_k, float(softmax_scale), bool(causal), -1, -1, 0.0, bool(deterministic),

@@ -21,7 +21,9 @@ from flash_tree_attn.tree import layout_from_segments
 
 pytestmark = pytest.mark.gpu
 
-DTYPES = [torch.bfloat16, torch.float16]
+_DTYPE_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The dtypes compiled into the extension (both in a default build).
+DTYPES = [_DTYPE_NAMES[n] for n in _ops.build_info().get("dtypes", ["bf16", "fp16"]) if n in _DTYPE_NAMES]
 # Absolute slack on top of 2x the low-precision reference error (values are O(1)).
 ATOL = {"out": 1e-4, "lse": 1e-4, "dq": 1e-3, "dk": 1e-3, "dv": 1e-3}
 
@@ -221,7 +223,7 @@ def test_padded_tree_batch():
         trees.append([(-1, p), (0, cut), (0, rest - cut)])
     lay = layout_from_segments(trees, device="cuda")
     d = compiled_head_dims()[0]
-    q, k, v = (torch.randn(B, S, 4, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(B, S, 4, d, device="cuda", dtype=DTYPES[0], requires_grad=True) for _ in range(3))
     sq, ek = lay.start_q.view(B, S), lay.end_k.view(B, S)
     out = fta.flash_attn_func(q, k, v, causal=True, tree_dfs_order_start_q=sq, tree_dfs_order_end_k=ek)
     out_ref = attention_ref(q, k, v, causal=True, tree_dfs_order_start_q=sq, tree_dfs_order_end_k=ek)
@@ -234,8 +236,8 @@ def test_deterministic_backward_is_bitwise_reproducible():
     lay = layout_from_segments([grpo_tree(rng, 700, 6, 200, 600)], device="cuda")
     n = lay.total_tokens
     d = compiled_head_dims()[-1]
-    q, k, v = make_qkv(n, n, 8, 2, d, torch.bfloat16)
-    g = torch.randn(n, 8, d, device="cuda", dtype=torch.bfloat16)
+    q, k, v = make_qkv(n, n, 8, 2, d, DTYPES[0])
+    g = torch.randn(n, 8, d, device="cuda", dtype=DTYPES[0])
     grads = []
     for _ in range(3):
         out = fta.flash_attn_varlen_func(q, k, v, lay.cu_seqlens, lay.cu_seqlens, n, n, causal=True,
@@ -253,7 +255,7 @@ def test_lse_gradient_flows():
     # d(sum(lse))/dq must match the reference when the LSE output is used in the loss.
     n, d = 300, compiled_head_dims()[0]
     cu = torch.tensor([0, n], dtype=torch.int32, device="cuda")
-    q, k, v = make_qkv(n, n, 2, 2, d, torch.bfloat16)
+    q, k, v = make_qkv(n, n, 2, 2, d, DTYPES[0])
     out, lse, _ = fta.flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=True, return_attn_probs=True)
     (dq,) = torch.autograd.grad(out.float().sum() + lse.sum(), (q,))
     out_r, lse_r = attention_ref(q, k, v, cu, cu, causal=True, return_lse=True)
@@ -266,7 +268,7 @@ def test_lse_gradient_flows():
 def test_no_host_sync_in_call_path():
     n, d = 512, compiled_head_dims()[0]
     lay = layout_from_segments([[(-1, 200), (0, 150), (0, 162)]], device="cuda")
-    q, k, v = make_qkv(n, n, 4, 4, d, torch.bfloat16)
+    q, k, v = make_qkv(n, n, 4, 4, d, DTYPES[0])
     torch.cuda.set_sync_debug_mode("error")
     try:
         out = fta.flash_attn_varlen_func(q, k, v, lay.cu_seqlens, lay.cu_seqlens, lay.max_seqlen, lay.max_seqlen,
@@ -280,7 +282,7 @@ def test_no_host_sync_in_call_path():
 def test_torch_compile_fullgraph():
     n, d = 256, compiled_head_dims()[0]
     cu = torch.tensor([0, 100, n], dtype=torch.int32, device="cuda")
-    q, k, v = make_qkv(n, n, 4, 2, d, torch.bfloat16)
+    q, k, v = make_qkv(n, n, 4, 2, d, DTYPES[0])
 
     @torch.compile(fullgraph=True)
     def f(q, k, v):

@@ -64,7 +64,7 @@ def test_cells_are_the_full_product_of_the_table():
     assert set(matrix.PLATFORMS) == set(W.ARCHES) == {"x86_64", "aarch64"}
     names = [c.wheel_id(VERSION).filename for c in cells]
     assert len(set(names)) == len(names)
-    for c, name in zip(cells, names):
+    for c, name in zip(cells, names, strict=True):
         assert W.WheelId.parse(name) == c.wheel_id(VERSION)
         assert matrix.is_supported(c.wheel_id(VERSION))
 

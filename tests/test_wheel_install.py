@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -87,8 +88,17 @@ def _clean_env(**extra) -> dict:
 
 
 def _run(cmd, env=None, cwd=None, timeout=1800, check=True) -> subprocess.CompletedProcess:
-    r = subprocess.run([str(c) for c in cmd], env=env or _clean_env(), cwd=cwd, capture_output=True, text=True,
-                       timeout=timeout, check=False)
+    """Run in a new process group; on timeout the whole group (pip, ninja, nvcc) is killed, none is left behind."""
+    cmd = [str(c) for c in cmd]
+    proc = subprocess.Popen(cmd, env=env or _clean_env(), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{cmd[:4]} ran past {timeout} s:\n{out[-3000:]}\n{err[-3000:]}") from None
+    r = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     if check and r.returncode != 0:
         raise AssertionError(f"{cmd[:4]} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
     return r
