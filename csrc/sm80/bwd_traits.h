@@ -15,7 +15,7 @@ using TransposedView = decltype(composition(Layout{}, make_layout(Shape<Int<kCol
 // kAtomMSdP / kAtomNdKV / kAtomMdQ: warps along the first mode of the S/dP, dK/dV and dQ GEMMs.
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, int kAtomMSdP, int kAtomNdKV, int kAtomMdQ,
           int kStages_, typename Element_>
-struct BwdTraits {
+struct BwdTraits : Sm80TileCopies<kHeadDim_, kNWarps_ * 32, Element_> {
     using Element = Element_;
     static constexpr int kHeadDim = kHeadDim_;
     static constexpr int kBlockM = kBlockM_;
@@ -48,16 +48,6 @@ struct BwdTraits {
     static constexpr int kSmemPBytes = kBlockM * kBlockN * int(sizeof(Element));
     // Q and dO (kStages each), K, V, P, dS.
     static constexpr int kSmemBytes = 2 * kStages * kSmemQBytes + 2 * kSmemKVBytes + 2 * kSmemPBytes;
-
-    using SmemCopyAtom = Copy_Atom<SM75_U32x4_LDSM_N, Element>;
-    using SmemCopyAtomTransposed = Copy_Atom<SM75_U16x8_LDSM_T, Element>;
-    using SmemCopyAtomStore = Copy_Atom<DefaultCopy, Element>;
-
-    using GmemThreads = typename Panel::template GmemThreadLayout<kNThreads>;
-    using GmemCopyLoad = decltype(make_tiled_copy(Copy_Atom<SM80_CP_ASYNC_CACHEGLOBAL<uint128_t>, Element>{},
-                                                  GmemThreads{}, Layout<Shape<_1, _8>>{}));
-    using GmemCopyStore =
-        decltype(make_tiled_copy(Copy_Atom<UniversalCopy<uint128_t>, Element>{}, GmemThreads{}, Layout<Shape<_1, _8>>{}));
 };
 
 template <int kHeadDim, typename Element>

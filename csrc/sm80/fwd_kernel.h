@@ -148,7 +148,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fwd_kernel(const __grid_
 
     Tensor rO = to_type<Element>(acc_o);
     Tensor sO = make_tensor(sQ.data(), typename Traits::SmemLayoutQ{});
-    auto smem_copy_o = make_tiled_copy_C(typename Traits::SmemCopyAtomO{}, tiled_mma);
+    auto smem_copy_o = make_tiled_copy_C(typename Traits::SmemCopyAtomStore{}, tiled_mma);
     auto smem_thr_o = smem_copy_o.get_thread_slice(tid);
     Tensor taccOrO = smem_thr_o.retile_S(rO);
     Tensor taccOsO = smem_thr_o.partition_D(sO);

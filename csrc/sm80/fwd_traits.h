@@ -1,4 +1,5 @@
-// Tile shapes, shared-memory layouts and copy/MMA atoms of the sm80 forward kernel.
+// Tile shapes, shared-memory layouts and copy/MMA atoms of the sm80 forward kernel, and the panel layout and
+// copy atoms the backward shares with it.
 #pragma once
 
 #include <type_traits>
@@ -31,8 +32,24 @@ struct SmemPanel {
         Layout<Shape<Int<kNThreads / kThreadsPerRow>, Int<kThreadsPerRow>>, Stride<Int<kThreadsPerRow>, _1>>;
 };
 
+// Copy atoms shared by the forward and backward kernels: ldmatrix (plain and transposed) from the swizzled
+// panels into MMA fragments, element stores of fragments into shared memory, and 16-byte cp.async loads /
+// vector stores between global memory and head-dim-wide panels.
+template <int kHeadDim, int kNThreads, typename Element>
+struct Sm80TileCopies {
+    using SmemCopyAtom = Copy_Atom<SM75_U32x4_LDSM_N, Element>;
+    using SmemCopyAtomTransposed = Copy_Atom<SM75_U16x8_LDSM_T, Element>;
+    using SmemCopyAtomStore = Copy_Atom<DefaultCopy, Element>;
+
+    using GmemThreads = typename SmemPanel<kHeadDim, Element>::template GmemThreadLayout<kNThreads>;
+    using GmemCopyLoad = decltype(make_tiled_copy(Copy_Atom<SM80_CP_ASYNC_CACHEGLOBAL<uint128_t>, Element>{},
+                                                  GmemThreads{}, Layout<Shape<_1, _8>>{}));
+    using GmemCopyStore =
+        decltype(make_tiled_copy(Copy_Atom<UniversalCopy<uint128_t>, Element>{}, GmemThreads{}, Layout<Shape<_1, _8>>{}));
+};
+
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, typename Element_>
-struct FwdTraits {
+struct FwdTraits : Sm80TileCopies<kHeadDim_, kNWarps_ * 32, Element_> {
     using Element = Element_;
     static constexpr int kHeadDim = kHeadDim_;
     static constexpr int kBlockM = kBlockM_;
@@ -55,16 +72,6 @@ struct FwdTraits {
     using SmemLayoutVtNoSwizzle = decltype(get_nonswizzle_portion(SmemLayoutVt{}));
 
     static constexpr int kSmemBytes = (kBlockM + 2 * kBlockN) * kHeadDim * int(sizeof(Element));
-
-    using SmemCopyAtom = Copy_Atom<SM75_U32x4_LDSM_N, Element>;
-    using SmemCopyAtomTransposed = Copy_Atom<SM75_U16x8_LDSM_T, Element>;
-    using SmemCopyAtomO = Copy_Atom<DefaultCopy, Element>;
-
-    using GmemThreads = typename Panel::template GmemThreadLayout<kNThreads>;
-    using GmemCopyLoad = decltype(make_tiled_copy(Copy_Atom<SM80_CP_ASYNC_CACHEGLOBAL<uint128_t>, Element>{},
-                                                  GmemThreads{}, Layout<Shape<_1, _8>>{}));
-    using GmemCopyStore =
-        decltype(make_tiled_copy(Copy_Atom<UniversalCopy<uint128_t>, Element>{}, GmemThreads{}, Layout<Shape<_1, _8>>{}));
 };
 
 // Tile configuration per head-dim bucket (tuned on H100/H200-class parts; fits A100 shared memory).

@@ -23,12 +23,8 @@ void run_sm80_bwd(BwdParams &params, cudaStream_t stream) {
     const int n_blocks = sm80::ceil_div(params.shape.max_seqlen_k, Traits::kBlockN);
     if (n_blocks > 0 && params.shape.batch > 0) {
         dim3 grid(n_blocks, params.shape.num_heads_kv, params.shape.batch);
-        auto kernel = &sm80::bwd_kernel<Traits, kCausal>;
-        constexpr int smem = Traits::kSmemBytes;
-        if constexpr (smem > 48 * 1024) {
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-        }
-        kernel<<<grid, Traits::kNThreads, smem, stream>>>(params);
+        sm80::launch_with_smem(&sm80::bwd_kernel<Traits, kCausal>, grid, Traits::kNThreads, Traits::kSmemBytes,
+                               stream, params);
     }
     sm80::bwd_convert_dq_kernel<Element><<<prepost_blocks, sm80::kPrepostThreads, 0, stream>>>(params, kHeadDim);
 }

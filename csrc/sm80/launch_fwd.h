@@ -14,12 +14,8 @@ void run_sm80_fwd(FwdParams &params, cudaStream_t stream) {
     const int m_blocks = sm80::ceil_div(params.shape.max_seqlen_q, Traits::kBlockM);
     if (m_blocks == 0 || params.shape.batch == 0 || params.shape.num_heads_q == 0) return;
     dim3 grid(m_blocks, params.shape.batch, params.shape.num_heads_q);
-    auto kernel = &sm80::fwd_kernel<Traits, kCausal>;
-    constexpr int smem = Traits::kSmemBytes;
-    if constexpr (smem > 48 * 1024) {
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    }
-    kernel<<<grid, Traits::kNThreads, smem, stream>>>(params);
+    sm80::launch_with_smem(&sm80::fwd_kernel<Traits, kCausal>, grid, Traits::kNThreads, Traits::kSmemBytes, stream,
+                           params);
 }
 
 }  // namespace flash_tree_attn

@@ -12,6 +12,16 @@ using namespace cute;
 
 __host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
+// Launches a kernel that takes its parameter struct by value, raising the dynamic shared-memory limit first
+// when the kernel needs more than the default 48 KB.
+template <typename Kernel, typename Params>
+void launch_with_smem(Kernel kernel, dim3 grid, int threads, int smem_bytes, cudaStream_t stream, const Params &params) {
+    if (smem_bytes > 48 * 1024) {
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+    }
+    kernel<<<grid, threads, smem_bytes, stream>>>(params);
+}
+
 // The accumulator of SM80 16x8 MMAs is ((2 cols, 2 rows), MMA_M, MMA_N): each thread holds a column pair
 // in two rows 8 apart. Viewed as (rows, cols) = ((2, MMA_M), (2, MMA_N)) it can be reduced row by row.
 template <class Layout>
