@@ -258,7 +258,8 @@ def try_prebuilt_wheel(dist_dir: str):
             raise wheel_id.PrebuiltUnavailable("source-differs", problem)
         target = wheel_id.probe_target_environment()
         wid = wheel_id.wheel_for_environment(target, version, supported_cells())
-        say(f"flash-tree-attn: looking for the prebuilt wheel {wid.filename} at {wheel_id.normalize_base_url(base_url)}")
+        print(f"flash-tree-attn: looking for the prebuilt wheel {wid.filename} at {wheel_id.normalize_base_url(base_url)}",
+              file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory(prefix="fta-wheel-") as tmp:
             path = wheel_id.fetch_prebuilt(wid, base_url, tmp, progress_stream=sys.stderr)
             os.makedirs(dist_dir, exist_ok=True)
@@ -266,6 +267,10 @@ def try_prebuilt_wheel(dist_dir: str):
             shutil.copyfile(path, final)
     except wheel_id.PrebuiltUnavailable as e:
         say(f"flash-tree-attn: not using a prebuilt wheel ({e}); building from source instead")
+        return None
+    except Exception as e:  # noqa: BLE001 - the lookup must never be what breaks an install
+        say(f"flash-tree-attn: not using a prebuilt wheel (internal-error: {type(e).__name__}: {e}); "
+            "building from source instead")
         return None
     say(f"flash-tree-attn: installing the prebuilt wheel {final.name} ({wid.describe()}; SHA-256 verified)")
     return final

@@ -351,8 +351,9 @@ def test_check_tag(monkeypatch):
 
 def _source_copy(tmp_path: Path) -> Path:
     dst = tmp_path / "src"
-    ignore = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "autogen", "__pycache__", ".so",
-                                    ".ruff_cache", ".pytest_cache", ".hypothesis", "_C*.so", "_build_info.json")
+    ignore = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "autogen", "__pycache__", ".so", ".whl",
+                                    ".benchmarks", "bench_results", ".ruff_cache", ".pytest_cache", ".hypothesis",
+                                    "_C*.so", "_build_info.json")
     shutil.copytree(ROOT, dst, ignore=ignore)
     return dst
 

@@ -139,8 +139,8 @@ def release(base_venv, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("release")
     src = work / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".git", "build", "dist", "*.egg-info", "autogen", "__pycache__", ".so", ".whl", ".ruff_cache",
-        ".pytest_cache", ".hypothesis", "_C*.so", "_build_info.json"))
+        ".git", "build", "dist", "*.egg-info", "autogen", "__pycache__", ".so", ".whl", ".benchmarks",
+        "bench_results", ".ruff_cache", ".pytest_cache", ".hypothesis", "_C*.so", "_build_info.json"))
     py = base_venv / "bin" / "python"
     with _timed("sdist"):
         _run([py, "-m", "build", "--sdist", "--no-isolation", "--outdir", work / "dist", src],

@@ -4,7 +4,7 @@
   prefixes (GRPO groups, multi-turn agent trees) into one tree-packed batch and maps packed logits back to
   per-rollout token log-probs.
 - :mod:`flash_tree_attn.integrations.transformers` (needs ``transformers``): registers the
-  ``attn_implementation="flash_tree_attn"`` attention function with transformers' attention registry.
+  ``attn_implementation="tree_attention"`` attention function with transformers' attention registry.
   Import it explicitly; this package does not import transformers on its own.
 """
 from .packing import PackedRollouts, pack_grpo_batch, pack_rollouts
