@@ -4,8 +4,9 @@ Public API: flash_attn_varlen_func / flash_attn_func (flash-attn 2 compatible, p
 flash_tree_attn.tree (layouts from trees and token groups), flash_tree_attn.reference (fp32 oracle).
 """
 from ._version import __version__
-from . import _ops
+from . import _ops  # noqa: F401  (registers the torch ops on import)
 from .interface import flash_attn_func, flash_attn_varlen_func
+from .wheel import build_info
 from . import reference, tree
 
-__all__ = ["__version__", "flash_attn_func", "flash_attn_varlen_func", "reference", "tree"]
+__all__ = ["__version__", "build_info", "flash_attn_func", "flash_attn_varlen_func", "reference", "tree"]

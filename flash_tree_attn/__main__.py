@@ -10,6 +10,7 @@ import sys
 import torch
 
 from . import __version__, _ops
+from .wheel import environment_report
 
 
 def kernel_path_report() -> tuple[str | None, str]:
@@ -68,6 +69,9 @@ def main() -> int:
               f"{info.get('head_dims')}; dtypes: {info.get('dtypes')}; kernel paths: {info.get('kernel_paths')}")
     else:
         print(f"  CUDA extension: not available ({_ops.EXTENSION_ERROR})")
+    wheel_name = environment_report().get("wheel")
+    if wheel_name:
+        print(f"  matching prebuilt wheel: {wheel_name}")
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()
         print(f"  GPU: {torch.cuda.get_device_name()} (sm_{major}{minor})")

@@ -8,15 +8,17 @@ tensors says how to get the extension.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from pathlib import Path
 
 import torch
 
+from .wheel import build_info, compatibility_problem, fix_command
+
 _PKG_DIR = Path(__file__).resolve().parent
 
-_LIB = torch.library.Library("flash_tree_attn", "DEF")  # noqa: keep a reference: it owns the definitions
+# Keep a reference to the library object: it owns the definitions.
+_LIB = torch.library.Library("flash_tree_attn", "DEF")
 
 _COMMON_ARGS = (
     "Tensor cu_seqlens_q, Tensor cu_seqlens_k, Tensor? tree_start_q, Tensor? tree_end_k, "
@@ -33,15 +35,6 @@ _LIB.define(
 KERNEL_PATHS = {"auto": 0, "sm80": 80, "sm90": 90}
 
 
-def build_info() -> dict:
-    """What the installed extension was built with (written by setup.py), or {} for a source checkout."""
-    p = _PKG_DIR / "_build_info.json"
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _find_extension() -> str | None:
     hits = sorted(glob.glob(str(_PKG_DIR / "_C*.so")) + glob.glob(str(_PKG_DIR / "_C*.pyd")))
     return hits[0] if hits else None
@@ -56,8 +49,6 @@ def _load_extension() -> tuple[bool, str]:
             "`pip install flash-tree-attn`, or build it with `pip install --no-build-isolation .` on a machine "
             "with nvcc. For a pure-PyTorch computation use flash_tree_attn.reference.attention_ref."
         )
-    from .wheel import compatibility_problem, fix_command
-
     info = build_info()
     # Loading an extension built for another torch ends in an undefined-symbol crash; say what to do instead.
     # (A source checkout rebuilds with `pip install --no-build-isolation -e .`.)

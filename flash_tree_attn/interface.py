@@ -168,7 +168,6 @@ def flash_attn_varlen_func(
     _check_qkv(q, k, v, 3, "(total_tokens, heads, head_dim)")
     if q.shape[-1] != v.shape[-1]:
         _fail("v must have the same head dim as q")
-    B = None
     for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
         _check_index(name, cu, None, q.device)
         if cu.shape[0] < 1:

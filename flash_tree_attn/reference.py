@@ -15,7 +15,7 @@ gradients (never NaN).
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ __all__ = ["attention_ref", "visible_mask", "count_visible_pairs"]
 # Upper bound on the number of score elements (heads x query rows x keys) materialized at once per sequence.
 _MAX_CHUNK_ELEMS = 1 << 26
 
-IndexLike = Union[torch.Tensor, np.ndarray, Sequence[int]]
+IndexLike = torch.Tensor | np.ndarray | Sequence[int]
 
 
 def _fail(msg: str):
@@ -52,7 +52,7 @@ def _as_int_list(name: str, x: IndexLike) -> list:
     return _as_int_array(name, x).tolist()
 
 
-def _check_cu_seqlens(name: str, cu: list, total: Optional[int]) -> None:
+def _check_cu_seqlens(name: str, cu: list, total: int | None) -> None:
     if len(cu) < 1:
         raise ValueError(f"{name} must have B + 1 >= 1 entries, got 0")
     if cu[0] != 0:
@@ -68,8 +68,8 @@ def _check_cu_seqlens(name: str, cu: list, total: Optional[int]) -> None:
 # The visibility rule
 # ----------------------------------------------------------------------------------------------------------
 
-def visible_mask(seqlen_q: int, seqlen_k: int, causal: bool, start_q: Optional[IndexLike] = None,
-                 end_k: Optional[IndexLike] = None, device=None, rows: Optional[Tuple[int, int]] = None
+def visible_mask(seqlen_q: int, seqlen_k: int, causal: bool, start_q: IndexLike | None = None,
+                 end_k: IndexLike | None = None, device=None, rows: tuple[int, int] | None = None
                  ) -> torch.Tensor:
     """Boolean (seqlen_q, seqlen_k) mask of one sequence: ``mask[i, j]`` is True iff query i may attend to key j.
 
@@ -142,7 +142,7 @@ def _count_prefix_ge(e_rank: np.ndarray, limit: np.ndarray, threshold: np.ndarra
 
 
 def count_visible_pairs(cu_seqlens_q: IndexLike, cu_seqlens_k: IndexLike, causal: bool,
-                        start_q: Optional[IndexLike] = None, end_k: Optional[IndexLike] = None) -> int:
+                        start_q: IndexLike | None = None, end_k: IndexLike | None = None) -> int:
     """Number of (query, key) pairs that :func:`visible_mask` allows, summed over all sequences (not heads).
 
     Multiply by ``4 * head_dim * num_heads`` for forward matmul FLOPs. Never builds a dense mask: with tree
@@ -193,7 +193,7 @@ def count_visible_pairs(cu_seqlens_q: IndexLike, cu_seqlens_k: IndexLike, causal
 # attention_ref
 # ----------------------------------------------------------------------------------------------------------
 
-def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float):
+def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float):
     """One sequence. q (Lq, Hq, D), k (Lk, Hkv, D), v (Lk, Hkv, Dv), mask (Lq, Lk) bool or None (all visible).
 
     Returns out (Lq, Hq, Dv) in the compute dtype and lse (Hq, Lq) in the softmax dtype.

@@ -31,7 +31,6 @@ extra time being the conversion of the lists); see tools/bench_pack.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -69,11 +68,11 @@ class TreeLayout:
     position_ids: torch.Tensor
     cu_seqlens: torch.Tensor
     max_seqlen: int
-    segments: List[List[Tuple[int, int]]]
-    segment_order: List[List[int]]
-    segment_offsets: List[List[int]]
-    input_ids: Optional[torch.Tensor] = None
-    gather_index: Optional[List[torch.Tensor]] = field(default=None)
+    segments: list[list[tuple[int, int]]]
+    segment_order: list[list[int]]
+    segment_offsets: list[list[int]]
+    input_ids: torch.Tensor | None = None
+    gather_index: list[torch.Tensor] | None = field(default=None)
 
     @property
     def num_sequences(self) -> int:
@@ -84,11 +83,11 @@ class TreeLayout:
         return int(self.start_q.shape[0])
 
     @property
-    def seqlens(self) -> List[int]:
+    def seqlens(self) -> list[int]:
         cu = self.cu_seqlens.tolist()
         return [cu[i + 1] - cu[i] for i in range(len(cu) - 1)]
 
-    def to(self, device) -> "TreeLayout":
+    def to(self, device) -> TreeLayout:
         """A copy with every tensor moved to ``device``."""
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         gi = None
@@ -395,7 +394,7 @@ def _lcp(tokens: np.ndarray, a0: int, la: int, b0: int, lb: int) -> int:
     return i if diff[i] else m
 
 
-def _best_earlier(sorted_ids: List[int], adj_lcp: List[int]) -> Tuple[List[int], List[int]]:
+def _best_earlier(sorted_ids: list[int], adj_lcp: list[int]) -> tuple[list[int], list[int]]:
     """For each sequence, the longest common prefix with any earlier sequence (in input order) and one
     earlier sequence achieving it (-1 if none).
 
@@ -407,7 +406,7 @@ def _best_earlier(sorted_ids: List[int], adj_lcp: List[int]) -> Tuple[List[int],
     witness = [-1] * n
     for direction in (1, -1):
         positions = range(n) if direction == 1 else range(n - 1, -1, -1)
-        stack: List[List[int]] = []  # entries [sequence id, min adjacent LCP from it up to the next entry]
+        stack: list[list[int]] = []  # entries [sequence id, min adjacent LCP from it up to the next entry]
         for p in positions:
             sid = sorted_ids[p]
             if stack:
@@ -427,7 +426,7 @@ def _best_earlier(sorted_ids: List[int], adj_lcp: List[int]) -> Tuple[List[int],
     return best, witness
 
 
-def _prefix_owners(tokens: np.ndarray, sortable: np.ndarray, starts: List[int], lens: List[int]):
+def _prefix_owners(tokens: np.ndarray, sortable: np.ndarray, starts: list[int], lens: list[int]):
     """Prefix structure of one group of sequences (given by offsets into ``tokens``).
 
     Returns ``m`` and ``attach``: ``m[s]`` is the longest common prefix of sequence s with any earlier sequence,
@@ -473,8 +472,8 @@ def pack_token_groups(groups, device=None) -> TreeLayout:
     """
     if isinstance(groups, (str, bytes, dict)) or not hasattr(groups, "__iter__"):
         raise ValueError(f"pack_token_groups: groups must be a list of groups of sequences, got {_short(groups)}")
-    arrays: List[np.ndarray] = []
-    group_sizes: List[int] = []
+    arrays: list[np.ndarray] = []
+    group_sizes: list[int] = []
     for g, grp in enumerate(groups):
         if isinstance(grp, (str, bytes, dict)) or not hasattr(grp, "__iter__"):
             raise ValueError(f"group {g}: expected a list of token sequences, got {_short(grp)}")
@@ -497,21 +496,21 @@ def pack_token_groups(groups, device=None) -> TreeLayout:
     # The trie of a group is made of runs: sequence s owns the nodes at depths m[s] .. len(s)-1 (the ones no
     # earlier sequence has), hanging from the node at depth m[s]-1, which sequence attach[s] owns. Runs are cut
     # into pieces where later sequences branch off, so that every branch hangs from the end of a piece.
-    p_parent: List[int] = []  # pieces, all groups: parent piece (-1: root of its group's tree)
-    p_len: List[int] = []
-    p_key: List[int] = []  # sibling order: the owning sequence (first appearance)
-    p_tree: List[int] = []
-    p_src: List[int] = []  # offset of the piece's first token in `tokens`
+    p_parent: list[int] = []  # pieces, all groups: parent piece (-1: root of its group's tree)
+    p_len: list[int] = []
+    p_key: list[int] = []  # sibling order: the owning sequence (first appearance)
+    p_tree: list[int] = []
+    p_src: list[int] = []  # offset of the piece's first token in `tokens`
     run_piece = [-1] * len(lens)  # first piece of each sequence's run
     own_from = [0] * len(lens)  # m of each sequence (global index)
-    path_seq: List[int] = []  # per sequence, its root path as runs (owner, lo, hi), in increasing depth
-    path_lo: List[int] = []
-    path_hi: List[int] = []
+    path_seq: list[int] = []  # per sequence, its root path as runs (owner, lo, hi), in increasing depth
+    path_lo: list[int] = []
+    path_hi: list[int] = []
     gbase = 0
     for g, n in enumerate(group_sizes):
         m, attach = _prefix_owners(tokens, sortable, seq_start[gbase:gbase + n], lens[gbase:gbase + n])
         glens = lens[gbase:gbase + n]
-        cuts: List[set] = [set() for _ in range(n)]
+        cuts: list[set] = [set() for _ in range(n)]
         roots = 0
         for s in range(n):
             if glens[s] > m[s]:

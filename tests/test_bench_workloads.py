@@ -174,7 +174,7 @@ def test_bench_row_status_rules():
         b = bench.Bench(bench.parse_args(["--dry-run", "--workloads", "chain_causal_16384", "--budget-s", "1e-9"]))
         for err, status in ((2e-3, "ok"), (0.5, "FAIL"), (float("nan"), "FAIL")):
             r = b.row("tree", "w", "ours")
-            b.guarded(r, lambda: {"rel_err": err, "fwd_ms": 1.0})
+            b.guarded(r, lambda err=err: {"rel_err": err, "fwd_ms": 1.0})
             assert r["status"] == status, err
 
         def boom():

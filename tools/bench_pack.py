@@ -84,12 +84,10 @@ def main(argv=None) -> int:
     case("pack 64x16x(2048+2048), torch tensors", lambda: pack_token_groups(groups_t), n_in, n_out)
     groups_l = [[s.tolist() for s in g] for g in groups]
     case("pack 64x16x(2048+2048), Python lists", lambda: pack_token_groups(groups_l), n_in, n_out)
-    del groups, groups_t, groups_l
 
     mt = multi_turn_groups(64, 16, 8, 512)
     case("pack 64x16 multi-turn (8 turns x 512)", lambda: pack_token_groups(mt),
          sum(len(s) for g in mt for s in g), pack_token_groups(mt).total_tokens)
-    del mt
 
     grpo = [[(-1, 2048)] + [(0, 2048)] * 16 for _ in range(64)]
     case("segments 64 trees x (1+16)", lambda: layout_from_segments(grpo), None,

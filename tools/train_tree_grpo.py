@@ -188,7 +188,7 @@ def main(argv=None):
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
         rng = random.Random(args.seed)  # identical batches for both runs
         losses, times, fwd_tokens, rollout_tokens = [], [], 0, 0
-        for step in range(args.steps):
+        for _ in range(args.steps):
             prompts, responses = sample_batch(rng, args)
             adv = advantages(responses, args.vocab).to(device)
             _sync(device)

@@ -21,7 +21,7 @@ Pure PyTorch; the tree itself is built by :func:`flash_tree_attn.tree.pack_token
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -183,7 +183,7 @@ class PackedRollouts:
         mask = mask.index_put((row, col), torch.ones_like(row, dtype=torch.bool))
         return out, mask
 
-    def to(self, device, non_blocking: bool = False) -> "PackedRollouts":
+    def to(self, device, non_blocking: bool = False) -> PackedRollouts:
         kw = {}
         for f in fields(self):
             val = getattr(self, f.name)
