@@ -10,7 +10,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -24,6 +23,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import ci_wheels  # noqa: E402
 import matrix  # noqa: E402
 from ci_wheel_server import WheelServer  # noqa: E402
+from _subproc import run_bounded  # noqa: E402
 
 W = matrix.wheel  # flash_tree_attn/wheel.py, loaded by path (no torch import)
 VERSION = W.read_package_version()
@@ -391,16 +391,6 @@ def _bdist_wheel(src: Path, out: Path, env: dict) -> subprocess.CompletedProcess
                        timeout=300)
 
 
-def run_bounded(cmd, timeout, **kw) -> subprocess.CompletedProcess:
-    """subprocess.run in its own process group; on timeout the whole group (ninja, nvcc, ...) is killed."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"{cmd[:3]} ran past {timeout} s:\n{out[-2000:]}\n{err[-2000:]}") from None
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @needs_bdist_wheel

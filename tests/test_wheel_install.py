@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import matrix  # noqa: E402
 from ci_wheel_server import WheelServer  # noqa: E402
+from _subproc import run_bounded  # noqa: E402
 
 W = matrix.wheel
 VERSION = W.read_package_version()
@@ -90,15 +90,7 @@ def _clean_env(**extra) -> dict:
 def _run(cmd, env=None, cwd=None, timeout=1800, check=True) -> subprocess.CompletedProcess:
     """Run in a new process group; on timeout the whole group (pip, ninja, nvcc) is killed, none is left behind."""
     cmd = [str(c) for c in cmd]
-    proc = subprocess.Popen(cmd, env=env or _clean_env(), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"{cmd[:4]} ran past {timeout} s:\n{out[-3000:]}\n{err[-3000:]}") from None
-    r = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    r = run_bounded(cmd, timeout, env=env or _clean_env(), cwd=cwd)
     if check and r.returncode != 0:
         raise AssertionError(f"{cmd[:4]} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
     return r
