@@ -13,10 +13,27 @@ template <int kHeadDim, typename Element, bool kCausal>
 void run_sm80_fwd(FwdParams &params, cudaStream_t stream);
 template <int kHeadDim, typename Element, bool kCausal>
 void run_sm80_bwd(BwdParams &params, cudaStream_t stream);
+template <int kHeadDim, typename Element, bool kCausal>
+void run_sm90_fwd(FwdParams &params, cudaStream_t stream);
+template <int kHeadDim, typename Element, bool kCausal>
+void run_sm90_bwd(BwdParams &params, cudaStream_t stream);
 
 namespace {
 
 constexpr int kCompiledHeadDims[] = FTA_COMPILED_HEAD_DIMS;
+
+// Whether any sm90 kernel is in this build (the generated list is empty otherwise).
+#define FTA_COUNT(hd, T, c) +1
+constexpr bool kSm90Compiled = (0 FTA_SM90_FWD_KERNELS(FTA_COUNT)) > 0;
+#undef FTA_COUNT
+
+// Checks a forced sm90 path; nullptr when the call may go on.
+const char *check_forced_sm90(const FwdParams &params, KernelPath path) {
+    if (path != KernelPath::kSm90) return nullptr;
+    if (!kSm90Compiled) return "the sm90 (Hopper) kernel path is not compiled into this build";
+    if (params.device_arch != 90) return "the sm90 (Hopper) kernel path needs a GPU of compute capability 9.0";
+    return nullptr;
+}
 
 template <typename Element>
 constexpr bool is_bf16() {
@@ -38,8 +55,20 @@ const char *compiled_head_dims() { return FTA_COMPILED_HEAD_DIMS_STR; }
 int bwd_block_m(int /*head_dim_bucket*/) { return 64; }
 
 const char *run_fwd(FwdParams &params, KernelPath path, cudaStream_t stream) {
-    if (path == KernelPath::kSm90) return "the sm90 (Hopper) kernel path is not compiled into this build";
+    if (const char *err = check_forced_sm90(params, path)) return err;
     const int bucket = head_dim_bucket(params.shape.head_dim);
+    if (path != KernelPath::kSm80 && params.device_arch == 90) {
+#define FTA_CASE(hd, T, c)                                                        \
+    if (bucket == hd && params.is_bf16 == is_bf16<T>() && params.causal == c) {  \
+        run_sm90_fwd<hd, T, c>(params, stream);                                 \
+        return nullptr;                                                         \
+    }
+        FTA_SM90_FWD_KERNELS(FTA_CASE)
+#undef FTA_CASE
+        if (path == KernelPath::kSm90) {
+            return "no sm90 forward kernel was compiled for this head dim / dtype / causal combination";
+        }
+    }
 #define FTA_CASE(hd, T, c)                                                        \
     if (bucket == hd && params.is_bf16 == is_bf16<T>() && params.causal == c) {  \
         run_sm80_fwd<hd, T, c>(params, stream);                                 \
@@ -51,8 +80,19 @@ const char *run_fwd(FwdParams &params, KernelPath path, cudaStream_t stream) {
 }
 
 const char *run_bwd(BwdParams &params, KernelPath path, cudaStream_t stream) {
-    if (path == KernelPath::kSm90) return "the sm90 (Hopper) kernel path is not compiled into this build";
+    if (const char *err = check_forced_sm90(params, path)) return err;
     const int bucket = head_dim_bucket(params.shape.head_dim);
+    // The sm90 backward covers head dims up to 128 and the non-deterministic mode; everything else runs
+    // the sm80 backward, also when sm90 is forced (see kernel_api.h).
+    if (path != KernelPath::kSm80 && params.device_arch == 90 && !params.deterministic) {
+#define FTA_CASE(hd, T, c)                                                        \
+    if (bucket == hd && params.is_bf16 == is_bf16<T>() && params.causal == c) {  \
+        run_sm90_bwd<hd, T, c>(params, stream);                                 \
+        return nullptr;                                                         \
+    }
+        FTA_SM90_BWD_KERNELS(FTA_CASE)
+#undef FTA_CASE
+    }
 #define FTA_CASE(hd, T, c)                                                        \
     if (bucket == hd && params.is_bf16 == is_bf16<T>() && params.causal == c) {  \
         run_sm80_bwd<hd, T, c>(params, stream);                                 \

@@ -19,7 +19,11 @@ int64_t block_bounds_scratch_ints(int64_t total_q, int64_t total_k, int batch);
 TreeBounds block_bounds_view(const int *scratch, int64_t total_q, int64_t total_k, int batch);
 void launch_block_bounds(const FwdParams &p, int *scratch, cudaStream_t stream);
 
-// Kernel paths. kAuto picks sm90 on capability 9.0 when compiled, else sm80.
+// Kernel paths. kAuto picks sm90 on compute capability 9.0 when its kernels are compiled, else sm80.
+// Forcing kSm90 on another GPU or in a build without it is an error. The sm90 path implements the whole
+// forward and the backward for head dims up to 128 without deterministic=True; other backward
+// configurations run the sm80 backward (also when kSm90 is forced). Mixing is sound because the backward
+// only reads what the forward wrote (O and the LSE), which both paths lay out the same way.
 enum class KernelPath : int { kAuto = 0, kSm80 = 80, kSm90 = 90 };
 
 // Returns nullptr on success, or a static message naming what is not compiled.

@@ -25,6 +25,8 @@ __host__ __device__ inline int granule_base(int batch_idx, int cu_seqlen) {
     return cu_seqlen / kBoundsGranule + batch_idx;
 }
 
+__host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
 inline int64_t num_granule_slots(int64_t total_tokens, int batch) {
     return total_tokens / kBoundsGranule + batch + 1;
 }
@@ -68,6 +70,7 @@ struct FwdParams {
     bool causal = false;
     bool is_bf16 = false;
     int num_sms = 0;
+    int device_arch = 0;  // compute capability of the GPU, major * 10 + minor: picks the kernel path
 };
 
 struct BwdParams : FwdParams {

@@ -115,7 +115,9 @@ std::optional<at::Tensor> fill_common(FwdParams &p, const at::Tensor &q, const a
     p.softmax_scale_log2 = static_cast<float>(softmax_scale * M_LOG2E);
     p.causal = causal;
     p.is_bf16 = q.scalar_type() == at::kBFloat16;
-    p.num_sms = at::cuda::getDeviceProperties(q.get_device())->multiProcessorCount;
+    const cudaDeviceProp *prop = at::cuda::getDeviceProperties(q.get_device());  // cached by torch
+    p.num_sms = prop->multiProcessorCount;
+    p.device_arch = prop->major * 10 + prop->minor;
 
     if (!start_q.has_value()) return std::nullopt;
     p.tree_start_q = start_q->data_ptr<int>();

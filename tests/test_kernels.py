@@ -3,7 +3,8 @@
 For every output (out, lse, dq, dk, dv): max |ours - fp32 reference| must be at most 2x max |reference computed in
 the input precision - fp32 reference| plus a small absolute tolerance. Inputs are fresh random draws each run;
 the caching allocator is filled with NaN before each kernel call so an unwritten output element cannot pass.
-Run the sm80 path explicitly with FLASH_TREE_ATTN_PATH=sm80.
+The kernel path under test is FLASH_TREE_ATTN_TEST_PATH (sm80, the default, or sm90: the Hopper forward with
+the sm80 backward); test_kernel_paths_agree compares the two paths with each other.
 """
 from __future__ import annotations
 
@@ -111,8 +112,12 @@ def run_case(q, k, v, cu_q, cu_k, max_q, max_k, causal, start_q=None, end_k=None
     return out, (dq, dk, dv)
 
 
+def sm90_available() -> bool:
+    return "sm90" in _ops.build_info().get("kernel_paths", []) and torch.cuda.get_device_capability() == (9, 0)
+
+
 @pytest.fixture(autouse=True)
-def _sm80_path(monkeypatch):
+def _kernel_path(monkeypatch):
     monkeypatch.setenv("FLASH_TREE_ATTN_PATH", os.environ.get("FLASH_TREE_ATTN_TEST_PATH", "sm80"))
     torch.manual_seed(random.randrange(1 << 30))  # fresh inputs every run
 
@@ -291,3 +296,38 @@ def test_torch_compile_fullgraph():
     f(q, k, v).backward()
     out_eager = fta.flash_attn_varlen_func(q, k, v, cu, cu, 156, 156, causal=True)
     assert math.isclose(f(q, k, v).item(), out_eager.float().sum().item(), rel_tol=1e-3, abs_tol=1e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not sm90_available(),
+                    reason="needs a compute capability 9.0 GPU and a build with the sm90 kernels")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", compiled_head_dims())
+def test_kernel_paths_agree(monkeypatch, dtype, d):
+    """The sm80 and sm90 paths agree, forward and backward, within the reference tolerance (2x the error of
+    the reference computed in the input precision)."""
+    rng = random.Random()
+    trees = [grpo_tree(rng, rng.randint(100, 900), rng.randint(2, 8), 1, 500) for _ in range(2)]
+    lay = layout_from_segments(trees, device="cuda")
+    n = lay.total_tokens
+    q, k, v = make_qkv(n, n, 8, 2, d, dtype)
+    g = torch.randn(n, 8, d, device="cuda", dtype=dtype)
+    tree = dict(tree_dfs_order_start_q=lay.start_q, tree_dfs_order_end_k=lay.end_k)
+    results = {}
+    for path in ("sm80", "sm90"):
+        monkeypatch.setenv("FLASH_TREE_ATTN_PATH", path)
+        poison_allocator(((n, 8, d), dtype), ((8, n), torch.float32), ((n, 8, d), torch.float32))
+        out, lse, _ = fta.flash_attn_varlen_func(q, k, v, lay.cu_seqlens, lay.cu_seqlens, lay.max_seqlen,
+                                                 lay.max_seqlen, causal=True, return_attn_probs=True, **tree)
+        results[path] = (out, lse, *torch.autograd.grad(out, (q, k, v), g))
+    kw = dict(cu_seqlens_q=lay.cu_seqlens, cu_seqlens_k=lay.cu_seqlens, causal=True, **tree)
+    out_ref = attention_ref(q, k, v, upcast=True, **kw)
+    out_pt = attention_ref(q, k, v, upcast=False, **kw)
+    refs = (out_ref, *torch.autograd.grad(out_ref, (q, k, v), g.float()))
+    lowps = (out_pt, *torch.autograd.grad(out_pt, (q, k, v), g))
+    a, b = results["sm80"], results["sm90"]
+    for name, x80, x90, ref, lowp in zip(("out", "dq", "dk", "dv"), (a[0], *a[2:]), (b[0], *b[2:]), refs, lowps):
+        # bound: 2 x |lowp - ref| around the sm80 result
+        assert_close_conv(name, x90, x80, x80.float() + (lowp.float() - ref.float()))
+    assert torch.equal(torch.isneginf(a[1]), torch.isneginf(b[1]))
+    keep = ~torch.isneginf(a[1])
+    assert (a[1][keep] - b[1][keep]).abs().max().item() <= 1e-3

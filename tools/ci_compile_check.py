@@ -58,13 +58,16 @@ def main(argv=None) -> int:
     inc = cutlass_include()
     if not (inc / "cute" / "tensor.hpp").exists():
         raise SystemExit(f"no CUTLASS/CuTe headers at {inc}")
+    archs = [a.strip() for a in args.archs.replace(",", ";").split(";") if a.strip()]
+    # As in setup.py: arch 90 means sm_90a cubins and adds the sm90 (Hopper) kernel units.
     kernels = generate_kernels.select(
         generate_kernels.parse_list(args.head_dims, generate_kernels.HEAD_DIMS, int),
         generate_kernels.parse_list(args.dtypes, generate_kernels.DTYPES),
+        paths=("sm80", "sm90") if "90" in archs else ("sm80",),
         directions=generate_kernels.parse_list(args.directions, generate_kernels.DIRECTIONS),
     )
-    archs = [a.strip() for a in args.archs.replace(",", ";").split(";") if a.strip()]
-    gencode = [f for a in archs for f in ("-gencode", f"arch=compute_{a},code=sm_{a}")]
+    real = ["90a" if a == "90" else a for a in archs]
+    gencode = [f for a in real for f in ("-gencode", f"arch=compute_{a},code=sm_{a}")]
 
     with tempfile.TemporaryDirectory(prefix="fta-compile-check-") as tmp:
         autogen = Path(tmp) / "autogen"

@@ -23,6 +23,14 @@ HEAD_DIMS = (64, 96, 128, 192, 256)
 DTYPES = {"fp16": "cutlass::half_t", "bf16": "cutlass::bfloat16_t"}
 DIRECTIONS = ("fwd", "bwd")
 CAUSAL = (False, True)
+PATHS = ("sm80", "sm90")
+# The sm90 (Hopper) backward keeps 64 x head_dim dK and dV accumulators per warpgroup in registers, which
+# fits up to head dim 128; larger head dims run the sm80 backward there (kernel_api.h documents it).
+SM90_BWD_MAX_HEAD_DIM = 128
+
+
+def implemented(path: str, direction: str, head_dim: int) -> bool:
+    return not (path == "sm90" and direction == "bwd" and head_dim > SM90_BWD_MAX_HEAD_DIM)
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ def select(head_dims=None, dtypes=None, paths=("sm80",), directions=None) -> lis
     return [
         Kernel(p, d, h, t, c)
         for p, d, h, t, c in itertools.product(paths, directions, head_dims, dtypes, CAUSAL)
+        if implemented(p, d, h)
     ]
 
 
@@ -117,9 +126,10 @@ def main() -> None:
     ap.add_argument("--head-dims", default=os.environ.get("FLASH_TREE_ATTN_HEAD_DIMS"))
     ap.add_argument("--dtypes", default=os.environ.get("FLASH_TREE_ATTN_DTYPES"))
     ap.add_argument("--directions", default=os.environ.get("FLASH_TREE_ATTN_DIRECTIONS"))
+    ap.add_argument("--paths", default="sm80,sm90", help="kernel paths (sm80, sm90)")
     args = ap.parse_args()
     kernels = select(parse_list(args.head_dims, HEAD_DIMS, int), parse_list(args.dtypes, DTYPES),
-                     directions=parse_list(args.directions, DIRECTIONS))
+                     paths=parse_list(args.paths, PATHS), directions=parse_list(args.directions, DIRECTIONS))
     for p in generate(Path(args.out), kernels):
         print(p)
 

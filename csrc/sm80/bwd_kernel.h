@@ -7,8 +7,8 @@
 
 #include "block_range.h"
 #include "params.h"
+#include "softmax.h"
 #include "sm80/bwd_traits.h"
-#include "sm80/softmax.h"
 #include "sm80/utils.h"
 
 namespace flash_tree_attn::sm80 {

@@ -4,9 +4,9 @@
 
 #include <cuda_runtime.h>
 
+#include "bwd_prepost.h"
 #include "params.h"
 #include "sm80/bwd_kernel.h"
-#include "sm80/bwd_prepost.h"
 
 namespace flash_tree_attn {
 
@@ -16,17 +16,17 @@ void run_sm80_bwd(BwdParams &params, cudaStream_t stream) {
     static_assert(Traits::kBlockM == sm80::BwdConfig<64, Element>::Traits::kBlockM,
                   "bwd_block_m() assumes one query-block size for every head dim");
     const int64_t rows = int64_t(params.shape.total_q) * params.shape.num_heads_q;
-    const int prepost_blocks = int((rows * sm80::kThreadsPerRow + sm80::kPrepostThreads - 1) / sm80::kPrepostThreads);
+    const int prepost_blocks = int((rows * kPrepostThreadsPerRow + kPrepostThreads - 1) / kPrepostThreads);
     if (prepost_blocks == 0) return;
-    sm80::bwd_dot_do_o_kernel<Element><<<prepost_blocks, sm80::kPrepostThreads, 0, stream>>>(params);
+    bwd_dot_do_o_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params);
 
-    const int n_blocks = sm80::ceil_div(params.shape.max_seqlen_k, Traits::kBlockN);
+    const int n_blocks = ceil_div(params.shape.max_seqlen_k, Traits::kBlockN);
     if (n_blocks > 0 && params.shape.batch > 0) {
         dim3 grid(n_blocks, params.shape.num_heads_kv, params.shape.batch);
         sm80::launch_with_smem(&sm80::bwd_kernel<Traits, kCausal>, grid, Traits::kNThreads, Traits::kSmemBytes,
                                stream, params);
     }
-    sm80::bwd_convert_dq_kernel<Element><<<prepost_blocks, sm80::kPrepostThreads, 0, stream>>>(params, kHeadDim);
+    bwd_convert_dq_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params, kHeadDim);
 }
 
 }  // namespace flash_tree_attn

@@ -2,15 +2,13 @@
 #pragma once
 
 #include <cute/tensor.hpp>
-#include <cutlass/array.h>
-#include <cutlass/numeric_conversion.h>
 #include <cutlass/numeric_types.h>
+
+#include "fragment_convert.h"
 
 namespace flash_tree_attn::sm80 {
 
 using namespace cute;
-
-__host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 // Launches a kernel that takes its parameter struct by value, raising the dynamic shared-memory limit first
 // when the kernel needs more than the default 48 KB.
@@ -44,18 +42,6 @@ __forceinline__ __device__ auto acc_as_a_operand_layout(Layout acc) {
     static_assert(decltype(rank(acc))::value == 3);
     auto l = logical_divide(acc, Shape<Underscore, Underscore, _2>{});
     return make_layout(make_layout(get<0>(l), get<2, 0>(l)), get<1>(l), get<2, 1>(l));
-}
-
-// Writes `src` converted to `To` into a fresh register tensor of the same layout.
-template <typename To, class Tensor>
-__forceinline__ __device__ auto to_type(Tensor const &src) {
-    auto dst = make_tensor<To>(src.layout());
-    constexpr int N = decltype(size(src))::value;
-    using From = typename Tensor::value_type;
-    cutlass::NumericArrayConverter<To, From, N> op;
-    *reinterpret_cast<cutlass::Array<To, N> *>(dst.data()) =
-        op(*reinterpret_cast<const cutlass::Array<From, N> *>(src.data()));
-    return dst;
 }
 
 // acc += A * B with both operands streamed from shared memory one k-slice ahead of the MMAs.
@@ -128,16 +114,6 @@ __forceinline__ __device__ void store_tile(TiledCopy const &tiled_copy, S const 
             }
         }
     }
-}
-
-// Reductions across the 4 threads of a quad, which together hold one MMA accumulator row.
-__forceinline__ __device__ float quad_max(float x) {
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-__forceinline__ __device__ float quad_sum(float x) {
-    x += __shfl_xor_sync(0xffffffffu, x, 1);
-    return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
 }  // namespace flash_tree_attn::sm80

@@ -1,5 +1,5 @@
-// Element-wise kernels around the backward: D = rowsum(dO * O) - dLSE before it, and dQ = scale * dQaccum
-// converted to the input dtype after it. Memory-bound; 16-byte accesses.
+// Element-wise kernels around the backward of both kernel paths: D = rowsum(dO * O) - dLSE before it, and
+// dQ = scale * dQaccum converted to the input dtype after it. Memory-bound; 16-byte accesses.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -9,17 +9,17 @@
 
 #include "params.h"
 
-namespace flash_tree_attn::sm80 {
+namespace flash_tree_attn {
 
 constexpr int kPrepostThreads = 256;
-constexpr int kThreadsPerRow = 16;  // one (token, head) row per 16 threads, 8 elements per access
+constexpr int kPrepostThreadsPerRow = 16;  // one (token, head) row per 16 threads, 8 elements per access
 
 template <typename Element>
 __global__ void __launch_bounds__(kPrepostThreads) bwd_dot_do_o_kernel(const __grid_constant__ BwdParams p) {
     const int heads = p.shape.num_heads_q;
     const int64_t rows = int64_t(p.shape.total_q) * heads;
-    const int64_t row = (int64_t(blockIdx.x) * kPrepostThreads + threadIdx.x) / kThreadsPerRow;
-    const int lane = threadIdx.x % kThreadsPerRow;
+    const int64_t row = (int64_t(blockIdx.x) * kPrepostThreads + threadIdx.x) / kPrepostThreadsPerRow;
+    const int lane = threadIdx.x % kPrepostThreadsPerRow;
     float acc = 0.f;
     int token = 0, head = 0;
     if (row < rows) {
@@ -27,7 +27,7 @@ __global__ void __launch_bounds__(kPrepostThreads) bwd_dot_do_o_kernel(const __g
         head = int(row % heads);
         const Element *dout = static_cast<const Element *>(p.dout) + token * p.do_row_stride + head * p.do_head_stride;
         const Element *out = static_cast<const Element *>(p.out) + token * p.o_row_stride + head * p.o_head_stride;
-        for (int c = lane * 8; c < p.shape.head_dim; c += kThreadsPerRow * 8) {
+        for (int c = lane * 8; c < p.shape.head_dim; c += kPrepostThreadsPerRow * 8) {
             const uint4 a = *reinterpret_cast<const uint4 *>(dout + c);
             const uint4 b = *reinterpret_cast<const uint4 *>(out + c);
             const Element *ea = reinterpret_cast<const Element *>(&a);
@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(kPrepostThreads) bwd_dot_do_o_kernel(const __g
         }
     }
 #pragma unroll
-    for (int off = kThreadsPerRow / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    for (int off = kPrepostThreadsPerRow / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
     if (row < rows && lane == 0) {
         const int64_t idx = int64_t(head) * p.shape.total_q + token;
         if (p.dsoftmax_lse != nullptr) acc -= p.dsoftmax_lse[idx];
@@ -50,14 +50,14 @@ __global__ void __launch_bounds__(kPrepostThreads) bwd_convert_dq_kernel(const _
                                                                         int bucket) {
     const int heads = p.shape.num_heads_q;
     const int64_t rows = int64_t(p.shape.total_q) * heads;
-    const int64_t row = (int64_t(blockIdx.x) * kPrepostThreads + threadIdx.x) / kThreadsPerRow;
-    const int lane = threadIdx.x % kThreadsPerRow;
+    const int64_t row = (int64_t(blockIdx.x) * kPrepostThreads + threadIdx.x) / kPrepostThreadsPerRow;
+    const int lane = threadIdx.x % kPrepostThreadsPerRow;
     if (row >= rows) return;
     const int token = int(row / heads);
     const int head = int(row % heads);
     const float *src = p.dq_accum + row * bucket;
     Element *dst = static_cast<Element *>(p.dq) + token * p.dq_row_stride + head * p.dq_head_stride;
-    for (int c = lane * 8; c < p.shape.head_dim; c += kThreadsPerRow * 8) {
+    for (int c = lane * 8; c < p.shape.head_dim; c += kPrepostThreadsPerRow * 8) {
         const float4 a = *reinterpret_cast<const float4 *>(src + c);
         const float4 b = *reinterpret_cast<const float4 *>(src + c + 4);
         const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
@@ -69,4 +69,4 @@ __global__ void __launch_bounds__(kPrepostThreads) bwd_convert_dq_kernel(const _
     }
 }
 
-}  // namespace flash_tree_attn::sm80
+}  // namespace flash_tree_attn

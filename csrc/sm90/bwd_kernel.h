@@ -1,0 +1,366 @@
+// sm90 backward: one CTA per (128-key block, key/value head, sequence), warp-specialized like the forward.
+// The producer warp loads K and V once, then walks the work items (query head of the GQA group, non-empty
+// query block: the same scan and tile classification as the sm80 backward) and streams Q, dO and the rows'
+// softmax statistics into a two-stage ring. Each consumer warpgroup owns 64 keys: S^T and dP^T by wgmma
+// from shared memory, P^T and dS^T in registers, dV and dK accumulated by register-A wgmma over all work
+// items; dS^T is staged in shared memory so both warpgroups compute half of dQ = dS K, which a second
+// producer-side warp adds to the fp32 dQ accumulator (write_dq).
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+
+#include "block_range.h"
+#include "fragment_convert.h"
+#include "params.h"
+#include "softmax.h"
+#include "sm90/bwd_traits.h"
+#include "sm90/pipeline.h"
+#include "sm90/utils.h"
+
+namespace flash_tree_attn::sm90 {
+
+template <typename Traits, class TmaQ, class TmaDO, class TmaK, class TmaV, class Storage>
+__forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMaskInfo &seq, Storage &smem,
+                                            TmaQ const &tma_q, TmaDO const &tma_do, TmaK const &tma_k,
+                                            TmaV const &tma_v, int n_block, int head_kv, int q_offset,
+                                            int k_offset) {
+    constexpr int kBlockM = Traits::kBlockM;
+    constexpr int kBlockN = Traits::kBlockN;
+    constexpr int kHeadDim = Traits::kHeadDim;
+    const int lane = threadIdx.x % 32;
+    const bool leader = lane == 0;
+    const auto &sh = params.shape;
+
+    Tensor sK = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutK{});
+    Tensor sV = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutK{});
+    Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
+    Tensor sdO = make_tensor(make_smem_ptr(smem.dout), typename Traits::SmemLayoutQ{});
+
+    if (leader) {
+        Tensor mK = tma_k.get_tma_tensor(make_shape(sh.total_k, sh.head_dim, sh.num_heads_kv))(_, _, head_kv);
+        Tensor mV = tma_v.get_tma_tensor(make_shape(sh.total_k, sh.head_dim, sh.num_heads_kv))(_, _, head_kv);
+        Tensor gK = local_tile(domain_offset(make_coord(k_offset, _0{}), mK), Shape<Int<kBlockN>, Int<kHeadDim>>{},
+                               make_coord(n_block, _0{}));
+        Tensor gV = local_tile(domain_offset(make_coord(k_offset, _0{}), mV), Shape<Int<kBlockN>, Int<kHeadDim>>{},
+                               make_coord(n_block, _0{}));
+        auto [tKgK, tKsK] = tma_partition(tma_k, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
+        auto [tVgV, tVsV] = tma_partition(tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
+        TxBarrier::arrive_and_expect_tx(&smem.kv_full, 2 * Traits::kKVBytes);
+        copy(tma_k.with(smem.kv_full), tKgK, tKsK);
+        copy(tma_v.with(smem.kv_full), tVgV, tVsV);
+    }
+
+    const int seqlen_q = seq.seqlen_q;
+    const int m_blocks = ceil_div(seqlen_q, kBlockM);
+    // The non-empty query blocks are the same for every query head of the group.
+    int m_first = query_block_begin<kBlockM, kBlockN>(seq, n_block);
+    if (m_first < m_blocks && classify_tile<kBlockM, kBlockN>(seq, m_first, n_block) == TileKind::kEmpty) {
+        m_first = next_query_block<kBlockM, kBlockN>(seq, n_block, m_first, m_blocks);
+    }
+    const int group = sh.num_heads_q / sh.num_heads_kv;
+    Tensor mQ_all = tma_q.get_tma_tensor(make_shape(sh.total_q, sh.head_dim, sh.num_heads_q));
+    Tensor mdO_all = tma_do.get_tma_tensor(make_shape(sh.total_q, sh.head_dim, sh.num_heads_q));
+
+    StageCursor<Traits::kStages> cur;
+    for (int head = head_kv * group; m_first < m_blocks && head < (head_kv + 1) * group; ++head) {
+        Tensor gQ = local_tile(domain_offset(make_coord(q_offset, _0{}), mQ_all(_, _, head)),
+                               Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(_, _0{}));  // (M, D, m_blocks)
+        Tensor gdO = local_tile(domain_offset(make_coord(q_offset, _0{}), mdO_all(_, _, head)),
+                                Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(_, _0{}));
+        auto [tQgQ, tQsQ] = tma_partition(tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
+        auto [tdOgdO, tdOsdO] =
+            tma_partition(tma_do, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sdO), group_modes<0, 2>(gdO));
+        for (int m_block = m_first; m_block < m_blocks;
+             m_block = next_query_block<kBlockM, kBlockN>(seq, n_block, m_block, m_blocks)) {
+            const int s = cur.stage;
+            wait_empty(smem.q_empty[s], cur.phase);
+            CUTE_UNROLL
+            for (int i = lane; i < kBlockM; i += 32) {
+                const int row = m_block * kBlockM + i;
+                float lse_log2 = INFINITY, dsum = 0.f;
+                if (row < seqlen_q) {
+                    const int64_t idx = int64_t(head) * sh.total_q + q_offset + row;
+                    const float lse = params.softmax_lse[idx];
+                    lse_log2 = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
+                    dsum = params.dsoftmax_sum[idx];
+                }
+                smem.lse_log2[s][i] = lse_log2;
+                smem.dsum[s][i] = dsum;
+            }
+            __syncwarp();  // the leader's arrive below publishes the whole warp's writes
+            if (leader) {
+                smem.stage_head[s] = head;
+                smem.stage_block[s] = m_block;
+                smem.stage_kind[s] = static_cast<int>(classify_tile<kBlockM, kBlockN>(seq, m_block, n_block));
+                TxBarrier::arrive_and_expect_tx(&smem.q_full[s], 2 * Traits::kQBytes);
+                copy(tma_q.with(smem.q_full[s]), tQgQ(_, m_block), tQsQ(_, s));
+                copy(tma_do.with(smem.q_full[s]), tdOgdO(_, m_block), tdOsdO(_, s));
+            }
+            cur.advance();
+        }
+    }
+    wait_empty(smem.q_empty[cur.stage], cur.phase);
+    if (leader) {
+        smem.stage_block[cur.stage] = kNoBlock;
+        TxBarrier::arrive(&smem.q_full[cur.stage]);
+    }
+}
+
+// Named barriers of the backward (ids above the one hardware barrier __syncthreads uses are offset by
+// CUTLASS's NamedBarrier). kDsReady: the consumers' dS^T halves are in shared memory. kDqFull / kDqEmpty:
+// the dQ tile handshake between the consumers and the dQ writer warp.
+enum BwdBarrier : uint32_t { kDsReady = 0, kDqFull = 1, kDqEmpty = 2 };
+
+// One bulk asynchronous reduce-add of `bytes` (a multiple of 16) from shared to global fp32.
+__forceinline__ __device__ void bulk_reduce_add(float *gmem, const float *smem, uint32_t bytes) {
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;" ::"l"(gmem),
+                 "r"(cute::cast_smem_ptr_to_uint(smem)), "r"(bytes)
+                 : "memory");
+}
+
+// dQ writer warp: adds every dQ tile the consumers publish to the fp32 accumulator, one bulk reduce-add per
+// query row (a row's head dim is contiguous there), and frees the buffer once the copies have read it.
+template <typename Traits, class Storage>
+__forceinline__ __device__ void write_dq(const BwdParams &params, Storage &smem, int q_offset, int seqlen_q) {
+    constexpr uint32_t kHandshake = Traits::kConsumerThreads + 32;
+    const int lane = threadIdx.x % 32;
+    const uint32_t row_bytes = uint32_t(params.shape.head_dim) * sizeof(float);
+    const int64_t row_stride = int64_t(params.shape.num_heads_q) * Traits::kHeadDim;
+    cutlass::arch::NamedBarrier::arrive(kHandshake, kDqEmpty);  // the buffer starts free
+    while (true) {
+        cutlass::arch::NamedBarrier::sync(kHandshake, kDqFull);
+        const int head = smem.dq_head;
+        if (head < 0) break;
+        const int row0 = smem.dq_row0;
+        for (int r = lane; r < Traits::kBlockM && row0 + r < seqlen_q; r += 32) {
+            bulk_reduce_add(params.dq_accum + int64_t(q_offset + row0 + r) * row_stride + int64_t(head) * Traits::kHeadDim,
+                            &smem.dq[r][0], row_bytes);
+        }
+        tma_store_arrive();   // commit this warp's bulk group
+        tma_store_wait<0>();  // ... and wait until it has read shared memory
+        cutlass::arch::NamedBarrier::arrive(kHandshake, kDqEmpty);
+    }
+    asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");  // writes complete before the CTA retires
+}
+
+template <typename Traits, bool kCausal, class Storage>
+__forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMaskInfo &seq, Storage &smem,
+                                            int n_block, int head_kv, int q_offset, int k_offset) {
+    using Element = typename Traits::Element;
+    constexpr int kBlockM = Traits::kBlockM;
+    constexpr int kBlockN = Traits::kBlockN;
+    constexpr int kHeadDim = Traits::kHeadDim;
+    const int tid = threadIdx.x - 128;
+
+    Tensor sK = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutK{});
+    Tensor sV = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutK{});
+    Tensor sKt = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutKt{});
+    Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
+    Tensor sQt = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQt{});
+    Tensor sdO = make_tensor(make_smem_ptr(smem.dout), typename Traits::SmemLayoutQ{});
+    Tensor sdOt = make_tensor(make_smem_ptr(smem.dout), typename Traits::SmemLayoutQt{});
+    Tensor sdS = make_tensor(make_smem_ptr(smem.ds), typename Traits::SmemLayoutdS{});
+    Tensor sdSt = make_tensor(make_smem_ptr(smem.ds), typename Traits::SmemLayoutdSt{});
+
+    typename Traits::TiledMmaSdP mma_sdp;
+    typename Traits::TiledMmadKV mma_dkv;
+    typename Traits::TiledMmadQ mma_dq;
+    auto thr_sdp = mma_sdp.get_thread_slice(tid);
+    auto thr_dkv = mma_dkv.get_thread_slice(tid);
+    auto thr_dq = mma_dq.get_thread_slice(tid);
+
+    Tensor tSrK = thr_sdp.partition_fragment_A(sK);     // S^T = K Q^T
+    Tensor tSrQ = thr_sdp.partition_fragment_B(sQ);     // (MMA, MMA_N, MMA_K, stages)
+    Tensor tdPrV = thr_sdp.partition_fragment_A(sV);    // dP^T = V dO^T
+    Tensor tdPrdO = thr_sdp.partition_fragment_B(sdO);
+    Tensor tdVrdO = thr_dkv.partition_fragment_B(sdOt);  // dV += P^T dO
+    Tensor tdKrQ = thr_dkv.partition_fragment_B(sQt);    // dK += dS^T Q
+    Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);    // dQ = dS K, (MMA, MMA_M, MMA_K, buffers)
+    Tensor tdQrK = thr_dq.partition_fragment_B(sKt);
+    Tensor tdSsdS = thr_sdp.partition_C(sdSt);           // where this thread's dS^T values go
+
+    Tensor acc_dk = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
+    Tensor acc_dv = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
+    clear(acc_dk);
+    clear(acc_dv);
+
+    // Tile-local (key, query) of every S^T value this thread holds, and (query, dim) of its dQ values.
+    Tensor tScS_rc = acc_rowcol(thr_sdp.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kBlockM>>{})));
+    Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+
+    const int seqlen_q = seq.seqlen_q;
+    const int seqlen_k = seq.seqlen_k;
+    const int col0 = n_block * kBlockN;
+    const int head_dim = params.shape.head_dim;
+    const bool has_tree = kCausal && seq.has_tree();
+    const int *start_q = has_tree ? params.tree_start_q + q_offset : nullptr;
+    const int *end_k = has_tree ? params.tree_end_k + k_offset : nullptr;
+    constexpr uint32_t kDqHandshake = Traits::kConsumerThreads + 32;
+
+    wait_full(smem.kv_full, 0);
+    StageCursor<Traits::kStages> cur;
+    for (int step = 0;; ++step) {
+        const int s = cur.stage;
+        wait_full(smem.q_full[s], cur.phase);
+        const int m_block = smem.stage_block[s];
+        if (m_block == kNoBlock) break;
+        const int head = smem.stage_head[s];
+        const TileKind kind = static_cast<TileKind>(smem.stage_kind[s]);
+        const int row0 = m_block * kBlockM;
+
+        Tensor acc_s = partition_fragment_C(mma_sdp, Shape<Int<kBlockN>, Int<kBlockM>>{});
+        Tensor acc_dp = partition_fragment_C(mma_sdp, Shape<Int<kBlockN>, Int<kBlockM>>{});
+        wgmma_issue</*kZeroInit=*/true>(mma_sdp, tSrK, tSrQ(_, _, _, s), acc_s);
+        wgmma_issue</*kZeroInit=*/true>(mma_sdp, tdPrV, tdPrdO(_, _, _, s), acc_dp);
+
+        // P^T = exp(scale * S^T - LSE) while dP^T is still being computed.
+        warpgroup_wait<1>();
+        warpgroup_fence_operand(acc_s);  // no read of S^T may move above the wait
+        Tensor st = acc_rowcol(acc_s);
+        if (kind == TileKind::kPartial) {
+            mask_tile_transposed(st, tScS_rc, row0, col0, seqlen_q, seqlen_k, seq.diag, start_q, end_k);
+        }
+        CUTE_UNROLL
+        for (int c = 0; c < size<1>(st); ++c) {
+            const float lse_log2 = smem.lse_log2[s][get<1>(tScS_rc(0, c))];
+            CUTE_UNROLL
+            for (int r = 0; r < size<0>(st); ++r) st(r, c) = exp2f(fmaf(st(r, c), params.softmax_scale_log2, -lse_log2));
+        }
+        // dS^T = P^T * (dP^T - D)
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(acc_dp);
+        Tensor dpt = acc_rowcol(acc_dp);
+        CUTE_UNROLL
+        for (int c = 0; c < size<1>(dpt); ++c) {
+            const float dsum = smem.dsum[s][get<1>(tScS_rc(0, c))];
+            CUTE_UNROLL
+            for (int r = 0; r < size<0>(dpt); ++r) dpt(r, c) = st(r, c) * (dpt(r, c) - dsum);
+        }
+
+        Tensor rP = to_type<Element>(acc_s);
+        Tensor rdS = to_type<Element>(acc_dp);
+        wgmma_issue</*kZeroInit=*/false>(mma_dkv, make_tensor(rP.data(), acc_as_a_operand_layout(rP.layout())),
+                                         tdVrdO(_, _, _, s), acc_dv);
+        wgmma_issue</*kZeroInit=*/false>(mma_dkv, make_tensor(rdS.data(), acc_as_a_operand_layout(rdS.layout())),
+                                         tdKrQ(_, _, _, s), acc_dk);
+
+        // dS^T to shared memory (alternate buffers: the barrier below keeps the warpgroups within one step
+        // of each other, so the buffer written now is no longer read), visible to wgmma's async proxy.
+        const int buf = step & 1;
+        Tensor tdSsdS_buf = tdSsdS(_, _, _, buf);
+        CUTE_UNROLL
+        for (int i = 0; i < size(rdS); ++i) tdSsdS_buf(i) = rdS(i);
+        cutlass::arch::fence_view_async_shared();
+        cutlass::arch::NamedBarrier::sync(Traits::kConsumerThreads, kDsReady);
+
+        Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+        wgmma_issue</*kZeroInit=*/true>(mma_dq, tdQrdS(_, _, _, buf), tdQrK, acc_dq);
+        warpgroup_wait<0>();
+        // The register operands P^T and dS^T are read by the dV/dK wgmma until this wait: the fences keep
+        // the compiler from reusing their registers earlier, and from reading the accumulators before it.
+        warpgroup_fence_operand(rP);
+        warpgroup_fence_operand(rdS);
+        warpgroup_fence_operand(acc_dq);
+        warpgroup_fence_operand(acc_dk);
+        warpgroup_fence_operand(acc_dv);
+        release(smem.q_empty[s]);
+
+        // Hand dQ to the writer warp once it has finished reading the previous tile.
+        cutlass::arch::NamedBarrier::sync(kDqHandshake, kDqEmpty);
+        CUTE_UNROLL
+        for (int i = 0; i < size(acc_dq); i += 2) {  // (i, i+1) are neighbouring columns
+            *reinterpret_cast<float2 *>(&smem.dq[get<0>(tdQcdQ(i))][get<1>(tdQcdQ(i))]) =
+                make_float2(acc_dq(i), acc_dq(i + 1));
+        }
+        if (tid == 0) {
+            smem.dq_head = head;
+            smem.dq_row0 = row0;
+        }
+        cutlass::arch::fence_view_async_shared();  // visible to the bulk copies (async proxy)
+        cutlass::arch::NamedBarrier::arrive(kDqHandshake, kDqFull);
+        cur.advance();
+    }
+    cutlass::arch::NamedBarrier::sync(kDqHandshake, kDqEmpty);
+    if (tid == 0) smem.dq_head = -1;
+    cutlass::arch::NamedBarrier::arrive(kDqHandshake, kDqFull);
+
+    // ---- epilogue: dK (scaled) and dV, column pairs, key rows and head dim predicated ----
+    Tensor tdKcdK_rc =
+        acc_rowcol(thr_dkv.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{})));
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc_dk); ++i) acc_dk(i) *= params.softmax_scale;
+    Tensor rdK = to_type<Element>(acc_dk);
+    Tensor rdV = to_type<Element>(acc_dv);
+    auto store = [&](auto const &frag, void *base, int64_t row_stride, int64_t head_stride) {
+        Tensor f = acc_rowcol(frag);
+        Element *out = static_cast<Element *>(base) + int64_t(k_offset) * row_stride + int64_t(head_kv) * head_stride;
+        CUTE_UNROLL
+        for (int r = 0; r < size<0>(f); ++r) {
+            const int key = col0 + get<0>(tdKcdK_rc(r, 0));
+            if (key >= seqlen_k) continue;
+            CUTE_UNROLL
+            for (int c = 0; c < size<1>(f); c += 2) {  // (c, c+1) are neighbouring columns
+                const int col = get<1>(tdKcdK_rc(r, c));
+                if (col < head_dim) {
+                    cutlass::Array<Element, 2> pair;
+                    pair[0] = f(r, c);
+                    pair[1] = f(r, c + 1);
+                    *reinterpret_cast<cutlass::Array<Element, 2> *>(out + int64_t(key) * row_stride + col) = pair;
+                }
+            }
+        }
+    };
+    store(rdK, params.dk, params.dk_row_stride, params.dk_head_stride);
+    store(rdV, params.dv, params.dv_row_stride, params.dv_head_stride);
+}
+
+template <typename Traits, bool kCausal, class TmaQ, class TmaDO, class TmaK, class TmaV>
+__global__ void __launch_bounds__(Traits::kNThreads, 1)
+    bwd_kernel(const __grid_constant__ BwdParams params, const __grid_constant__ TmaQ tma_q,
+               const __grid_constant__ TmaDO tma_do, const __grid_constant__ TmaK tma_k,
+               const __grid_constant__ TmaV tma_v) {
+#if defined(__CUDA_ARCH__) && !defined(CUTE_ARCH_MMA_SM90A_ENABLED)
+    __trap();  // see fwd_kernel: only the sm_90a code is ever launched
+#else
+    using Storage = typename Traits::SharedStorage;
+    extern __shared__ __align__(1024) char smem_raw[];
+    Storage &smem = *reinterpret_cast<Storage *>(smem_raw);
+
+    const int n_block = blockIdx.x;
+    const int head_kv = blockIdx.y;
+    const int batch = blockIdx.z;
+    const int q_offset = params.cu_seqlens_q[batch];
+    const int seqlen_q = params.cu_seqlens_q[batch + 1] - q_offset;
+    const int k_offset = params.cu_seqlens_k[batch];
+    const int seqlen_k = params.cu_seqlens_k[batch + 1] - k_offset;
+    if (n_block * Traits::kBlockN >= seqlen_k) return;
+    const SeqMaskInfo seq = make_seq_mask_info(params, kCausal, batch, seqlen_q, seqlen_k);
+
+    if (threadIdx.x == 0) {
+        TxBarrier::init(&smem.kv_full, 1);
+        CUTE_UNROLL
+        for (int s = 0; s < Traits::kStages; ++s) {
+            TxBarrier::init(&smem.q_full[s], 1);
+            TxBarrier::init(&smem.q_empty[s], Traits::kConsumerThreads / 32);
+        }
+        cutlass::arch::fence_barrier_init();
+    }
+    __syncthreads();
+
+    if (threadIdx.x < 128) {
+        cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+        if (threadIdx.x < 32) {
+            produce_bwd<Traits>(params, seq, smem, tma_q, tma_do, tma_k, tma_v, n_block, head_kv, q_offset, k_offset);
+        } else if (threadIdx.x < 64) {
+            write_dq<Traits>(params, smem, q_offset, seqlen_q);
+        }
+    } else {
+        cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+        consume_bwd<Traits, kCausal>(params, seq, smem, n_block, head_kv, q_offset, k_offset);
+    }
+#endif
+}
+
+}  // namespace flash_tree_attn::sm90

@@ -1,0 +1,306 @@
+// sm90 forward kernel: one CTA per (128-row query block, sequence, query head), warp-specialized.
+// Warpgroup 0 is the producer: one warp walks the non-empty key blocks of the query block (the same scan
+// and tile classification as the sm80 path) and streams K and V into a two-stage ring with TMA, telling the
+// consumers which block each stage holds and whether it needs the element mask. Warpgroups 1 and 2 each own
+// 64 query rows: S = Q K^T by wgmma from shared memory, online softmax in registers, O += P V by wgmma with
+// P taken straight from the S registers; each consumer pipelines its key blocks so that the softmax of one
+// runs while the tensor cores do the PV GEMM of the one before. Empty tiles are never loaded; full tiles skip
+// the mask.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+
+#include "block_range.h"
+#include "fragment_convert.h"
+#include "params.h"
+#include "softmax.h"
+#include "sm90/fwd_traits.h"
+#include "sm90/pipeline.h"
+#include "sm90/utils.h"
+
+namespace flash_tree_attn::sm90 {
+
+// Producer warp: Q once, then K and V of every non-empty key block, last block first (the causal diagonal
+// block, which needs the mask, goes first so later blocks run unmasked), then an end marker.
+template <typename Traits, class TmaQ, class TmaK, class TmaV, class Storage>
+__forceinline__ __device__ void produce(const FwdParams &params, const SeqMaskInfo &seq, Storage &smem,
+                                        TmaQ const &tma_q, TmaK const &tma_k, TmaV const &tma_v, int m_block,
+                                        int head, int head_kv, int q_offset, int k_offset) {
+    constexpr int kBlockM = Traits::kBlockM;
+    constexpr int kBlockN = Traits::kBlockN;
+    constexpr int kHeadDim = Traits::kHeadDim;
+    const bool leader = threadIdx.x % 32 == 0;
+
+    Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
+    Tensor sK = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutK{});
+    Tensor sV = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutV{});
+
+    // TMA coordinate tensors over the whole packed (tokens, head dim, heads) arrays; a sequence is a window
+    // starting at its offset. Rows past the sequence read the next sequence (masked or never stored) or,
+    // past the array, zeros.
+    const auto &sh = params.shape;
+    Tensor mQ = tma_q.get_tma_tensor(make_shape(sh.total_q, sh.head_dim, sh.num_heads_q))(_, _, head);
+    Tensor mK = tma_k.get_tma_tensor(make_shape(sh.total_k, sh.head_dim, sh.num_heads_kv))(_, _, head_kv);
+    Tensor mV = tma_v.get_tma_tensor(make_shape(sh.total_k, sh.head_dim, sh.num_heads_kv))(_, _, head_kv);
+    Tensor gQ = local_tile(domain_offset(make_coord(q_offset, _0{}), mQ), Shape<Int<kBlockM>, Int<kHeadDim>>{},
+                           make_coord(m_block, _0{}));
+    Tensor gK = local_tile(domain_offset(make_coord(k_offset, _0{}), mK), Shape<Int<kBlockN>, Int<kHeadDim>>{},
+                           make_coord(_, _0{}));  // (N, D, n_blocks)
+    Tensor gV = local_tile(domain_offset(make_coord(k_offset, _0{}), mV), Shape<Int<kBlockN>, Int<kHeadDim>>{},
+                           make_coord(_, _0{}));
+
+    auto [tQgQ, tQsQ] = tma_partition(tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
+    auto [tKgK, tKsK] = tma_partition(tma_k, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
+    auto [tVgV, tVsV] = tma_partition(tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
+
+    if (leader) {
+        TxBarrier::arrive_and_expect_tx(&smem.q_full, Traits::kQBytes);
+        copy(tma_q.with(smem.q_full), tQgQ, tQsQ);
+    }
+
+    StageCursor<Traits::kStages> cur;
+    int n_block = prev_key_block<kBlockM, kBlockN>(seq, m_block, key_block_end<kBlockM, kBlockN>(seq, m_block));
+    while (n_block >= 0) {
+        const int s = cur.stage;
+        wait_empty(smem.k_empty[s], cur.phase);
+        if (leader) {
+            smem.stage_block[s] = n_block;
+            smem.stage_kind[s] = static_cast<int>(classify_tile<kBlockM, kBlockN>(seq, m_block, n_block));
+            TxBarrier::arrive_and_expect_tx(&smem.k_full[s], Traits::kKVBytes);
+            copy(tma_k.with(smem.k_full[s]), tKgK(_, n_block), tKsK(_, s));
+        }
+        wait_empty(smem.v_empty[s], cur.phase);
+        if (leader) {
+            TxBarrier::arrive_and_expect_tx(&smem.v_full[s], Traits::kKVBytes);
+            copy(tma_v.with(smem.v_full[s]), tVgV(_, n_block), tVsV(_, s));
+        }
+        n_block = prev_key_block<kBlockM, kBlockN>(seq, m_block, n_block);
+        cur.advance();
+    }
+    wait_empty(smem.k_empty[cur.stage], cur.phase);
+    if (leader) {
+        smem.stage_block[cur.stage] = kNoBlock;
+        TxBarrier::arrive(&smem.k_full[cur.stage]);  // completes the phase with no bytes expected
+    }
+}
+
+// Consumer warpgroups: the attention mainloop and the epilogue for their 64 rows each.
+template <typename Traits, bool kCausal, class Storage>
+__forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskInfo &seq, Storage &smem, int m_block,
+                                        int head, int q_offset, int k_offset) {
+    using Element = typename Traits::Element;
+    constexpr int kBlockM = Traits::kBlockM;
+    constexpr int kBlockN = Traits::kBlockN;
+    constexpr int kHeadDim = Traits::kHeadDim;
+    const int tid = threadIdx.x - 128;  // 0 .. kConsumerThreads-1
+
+    Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
+    Tensor sK = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutK{});
+    Tensor sVt = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutVt{});
+
+    typename Traits::TiledMmaS mma_s;
+    typename Traits::TiledMmaO mma_o;
+    auto thr_s = mma_s.get_thread_slice(tid);
+    auto thr_o = mma_o.get_thread_slice(tid);
+    Tensor tSrQ = thr_s.partition_fragment_A(sQ);   // (MMA, MMA_M, MMA_K) descriptors
+    Tensor tSrK = thr_s.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stages)
+    Tensor tOrV = thr_o.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stages)
+    Tensor acc_o = partition_fragment_C(mma_o, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+    clear(acc_o);
+
+    // Tile-local (row, col) of every score this thread holds, as a rows x cols view.
+    Tensor tScS_rc = acc_rowcol(thr_s.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{})));
+    constexpr int kRows = decltype(size<0>(tScS_rc))::value;
+    OnlineSoftmax<kRows> softmax;
+
+    const int seqlen_q = seq.seqlen_q;
+    const int seqlen_k = seq.seqlen_k;
+    const int row0 = m_block * kBlockM;
+    const bool has_tree = kCausal && seq.has_tree();
+    const int *start_q = has_tree ? params.tree_start_q + q_offset : nullptr;
+    const int *end_k = has_tree ? params.tree_end_k + k_offset : nullptr;
+
+    wait_full(smem.q_full, 0);
+
+    // Software pipeline across key blocks: S_j = Q K_j is issued together with O += P_{j-1} V_{j-1}, so the
+    // tensor cores run the second GEMM of one block while this warpgroup does the softmax of the next. P_{j-1}
+    // lives in its own registers (tOrP) because acc_s is overwritten by S_j while that GEMM still reads P, and
+    // acc_o is only rescaled after the PV GEMM has retired. Holding V_{j-1} while waiting for K_{j+1} (below)
+    // needs a second stage: with one, the producer could not load V_j, which comes before K_{j+1}.
+    static_assert(Traits::kStages >= 2, "the consumer holds V of one block while waiting for K of the next");
+    Tensor acc_s = partition_fragment_C(mma_s, Shape<Int<kBlockM>, Int<kBlockN>>{});
+    Tensor scores = acc_rowcol(acc_s);
+    Tensor acc_o_rc = acc_rowcol(acc_o);
+    Tensor tOrP = make_tensor<Element>(acc_as_a_operand_layout(acc_s.layout()));
+
+    // Masks a freshly computed score tile if the producer classified it as partial. The kind is read right
+    // after k_full, before the stage is released and the producer may rewrite it.
+    auto mask_if_partial = [&](TileKind kind, int n_block) {
+        if (kind == TileKind::kPartial) {
+            mask_tile(scores, tScS_rc, row0, n_block * kBlockN, seqlen_q, seqlen_k, seq.diag, start_q, end_k);
+        }
+    };
+    // P in bf16/fp16, held in the A-operand layout of the PV wgmma (the same registers, reinterpreted).
+    auto convert_p = [&]() {
+        Tensor p = to_type<Element>(acc_s);
+        CUTE_UNROLL
+        for (int i = 0; i < size(p); ++i) tOrP(i) = p(i);
+    };
+
+    StageCursor<Traits::kStages> cur;
+    wait_full(smem.k_full[cur.stage], cur.phase);
+    int n_block = smem.stage_block[cur.stage];
+    if (n_block != kNoBlock) {
+        // Prologue: block 0 alone. acc_o is still zero, so its rescale factor is not needed.
+        {
+            const int s = cur.stage;
+            const TileKind kind = static_cast<TileKind>(smem.stage_kind[s]);
+            wgmma_issue</*kZeroInit=*/true>(mma_s, tSrQ, tSrK(_, _, _, s), acc_s);
+            warpgroup_wait<0>();
+            warpgroup_fence_operand(acc_s);
+            release(smem.k_empty[s]);
+            mask_if_partial(kind, n_block);
+            float unused[kRows];
+            softmax.update_scores(scores, params.softmax_scale_log2, unused);
+            convert_p();
+        }
+        // `prev` is the stage holding V of the block whose probabilities sit in tOrP; `cur` is the stage of
+        // the next key block, whose k_full has already been waited for when an iteration starts.
+        StageCursor<Traits::kStages> prev = cur;
+        cur.advance();
+        wait_full(smem.k_full[cur.stage], cur.phase);
+        while (true) {
+            const int s = cur.stage;
+            n_block = smem.stage_block[s];
+            if (n_block == kNoBlock) break;
+            const TileKind kind = static_cast<TileKind>(smem.stage_kind[s]);
+
+            wgmma_issue</*kZeroInit=*/true>(mma_s, tSrQ, tSrK(_, _, _, s), acc_s);
+            wait_full(smem.v_full[prev.stage], prev.phase);
+            wgmma_issue</*kZeroInit=*/false>(mma_o, tOrP, tOrV(_, _, _, prev.stage), acc_o);
+            // Batches retire in order: one left pending means S_j is done and only the PV GEMM may still run.
+            warpgroup_wait<1>();
+            warpgroup_fence_operand(acc_s);
+            release(smem.k_empty[s]);
+            mask_if_partial(kind, n_block);
+            float factor[kRows];
+            softmax.update_scores(scores, params.softmax_scale_log2, factor);
+
+            // The next block's K (or the end marker) is waited for here, before waiting for the PV GEMM: ptxas
+            // hoists the wgmma wait to the top of its basic block, which would put it ahead of the softmax
+            // above and serialise the two again; the mbarrier wait loop ends the block. The producer needs
+            // nothing from this iteration to deliver that K: its stage was released by an earlier block, and
+            // the V load queued before it (V_j) reuses the stage of V_{j-2} or older, released in the
+            // previous iteration, so this cannot deadlock.
+            const StageCursor<Traits::kStages> v_stage = prev;
+            prev = cur;
+            cur.advance();
+            wait_full(smem.k_full[cur.stage], cur.phase);
+
+            warpgroup_wait<0>();
+            // Keeps tOrP and acc_o pinned to their registers until here: the compiler sees the wgmma read P
+            // and write acc_o at issue, and would otherwise reuse or read them while the GEMM is in flight.
+            warpgroup_fence_operand(tOrP);
+            warpgroup_fence_operand(acc_o);
+            release(smem.v_empty[v_stage.stage]);
+            softmax.rescale(acc_o_rc, factor);
+            convert_p();
+        }
+        // Epilogue of the pipeline: the last block's O += P V.
+        wait_full(smem.v_full[prev.stage], prev.phase);
+        wgmma_issue</*kZeroInit=*/false>(mma_o, tOrP, tOrV(_, _, _, prev.stage), acc_o);
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(acc_o);
+        release(smem.v_empty[prev.stage]);
+    }
+
+    // ---- epilogue: normalise, write O (column pairs, rows and head dim predicated) and the LSE ----
+    float lse[kRows];
+    softmax.finalize(acc_o_rc, params.softmax_scale, lse);
+    Tensor rO = to_type<Element>(acc_o);
+    Tensor rO_rc = acc_rowcol(rO);
+    Tensor tOcO_rc = acc_rowcol(thr_o.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{})));
+    Element *out = static_cast<Element *>(params.out) + int64_t(q_offset) * params.o_row_stride +
+                   int64_t(head) * params.o_head_stride;
+    const int head_dim = params.shape.head_dim;
+    CUTE_UNROLL
+    for (int r = 0; r < size<0>(rO_rc); ++r) {
+        const int row = row0 + get<0>(tOcO_rc(r, 0));
+        if (row >= seqlen_q) continue;
+        Element *out_row = out + int64_t(row) * params.o_row_stride;
+        CUTE_UNROLL
+        for (int c = 0; c < size<1>(rO_rc); c += 2) {  // (c, c+1) are neighbouring columns
+            const int col = get<1>(tOcO_rc(r, c));
+            if (col < head_dim) {
+                cutlass::Array<Element, 2> pair;
+                pair[0] = rO_rc(r, c);
+                pair[1] = rO_rc(r, c + 1);
+                *reinterpret_cast<cutlass::Array<Element, 2> *>(out_row + col) = pair;
+            }
+        }
+    }
+    // The thread holding column 0 of a row (first lane of each quad) writes that row's LSE.
+    if (get<1>(tScS_rc(0, 0)) == 0) {
+        float *lse_out = params.softmax_lse + int64_t(head) * params.shape.total_q + q_offset;
+        CUTE_UNROLL
+        for (int r = 0; r < kRows; ++r) {
+            const int row = row0 + get<0>(tScS_rc(r, 0));
+            if (row < seqlen_q) lse_out[row] = lse[r];
+        }
+    }
+}
+
+template <typename Traits, bool kCausal, class TmaQ, class TmaK, class TmaV>
+__global__ void __launch_bounds__(Traits::kNThreads, 1)
+    fwd_kernel(const __grid_constant__ FwdParams params, const __grid_constant__ TmaQ tma_q,
+               const __grid_constant__ TmaK tma_k, const __grid_constant__ TmaV tma_v) {
+#if defined(__CUDA_ARCH__) && !defined(CUTE_ARCH_MMA_SM90A_ENABLED)
+    // This unit is also compiled for the other targets of the build; the dispatcher launches the sm90 path
+    // only on compute capability 9.0, where the sm_90a code runs.
+    __trap();
+#else
+    using Storage = typename Traits::SharedStorage;
+    extern __shared__ __align__(1024) char smem_raw[];
+    Storage &smem = *reinterpret_cast<Storage *>(smem_raw);
+
+    // Heavier query blocks (later rows see more keys) are launched first.
+    const int m_block = gridDim.x - 1 - blockIdx.x;
+    const int batch = blockIdx.y;
+    const int head = blockIdx.z;
+    const int q_offset = params.cu_seqlens_q[batch];
+    const int seqlen_q = params.cu_seqlens_q[batch + 1] - q_offset;
+    if (m_block * Traits::kBlockM >= seqlen_q) return;
+    const int k_offset = params.cu_seqlens_k[batch];
+    const int seqlen_k = params.cu_seqlens_k[batch + 1] - k_offset;
+    const int head_kv = head / (params.shape.num_heads_q / params.shape.num_heads_kv);
+    const SeqMaskInfo seq = make_seq_mask_info(params, kCausal, batch, seqlen_q, seqlen_k);
+
+    if (threadIdx.x == 0) {
+        constexpr int kConsumerWarps = Traits::kConsumerThreads / 32;
+        TxBarrier::init(&smem.q_full, 1);
+        CUTE_UNROLL
+        for (int s = 0; s < Traits::kStages; ++s) {
+            TxBarrier::init(&smem.k_full[s], 1);
+            TxBarrier::init(&smem.v_full[s], 1);
+            TxBarrier::init(&smem.k_empty[s], kConsumerWarps);
+            TxBarrier::init(&smem.v_empty[s], kConsumerWarps);
+        }
+        cutlass::arch::fence_barrier_init();
+    }
+    __syncthreads();
+
+    if (threadIdx.x < 128) {
+        cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+        if (threadIdx.x < 32) {
+            produce<Traits>(params, seq, smem, tma_q, tma_k, tma_v, m_block, head, head_kv, q_offset, k_offset);
+        }
+    } else {
+        cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+        consume<Traits, kCausal>(params, seq, smem, m_block, head, q_offset, k_offset);
+    }
+#endif
+}
+
+}  // namespace flash_tree_attn::sm90

@@ -1,0 +1,55 @@
+// Host-side launch of the sm90 backward for one (head dim bucket, dtype, causal) instantiation:
+// D = rowsum(dO * O) -> dK, dV, dQaccum (TMA descriptors for Q, dO, K, V) -> dQ.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cute/tensor.hpp>
+
+#include "bwd_prepost.h"
+#include "params.h"
+#include "sm90/bwd_kernel.h"
+
+namespace flash_tree_attn {
+
+template <int kHeadDim, typename Element, bool kCausal>
+void run_sm90_bwd(BwdParams &params, cudaStream_t stream) {
+    using namespace cute;
+    using Traits = typename sm90::BwdConfig<kHeadDim, Element>::Traits;
+    const auto &sh = params.shape;
+    const int64_t rows = int64_t(sh.total_q) * sh.num_heads_q;
+    const int prepost_blocks = int((rows * kPrepostThreadsPerRow + kPrepostThreads - 1) / kPrepostThreads);
+    if (prepost_blocks == 0) return;
+    bwd_dot_do_o_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params);
+
+    const int n_blocks = ceil_div(sh.max_seqlen_k, Traits::kBlockN);
+    if (n_blocks > 0 && sh.batch > 0) {
+        auto packed = [&](const void *ptr, int tokens, int heads, int64_t row_stride, int64_t head_stride) {
+            return make_tensor(make_gmem_ptr(static_cast<const Element *>(ptr)),
+                               make_shape(tokens, sh.head_dim, heads), make_stride(row_stride, _1{}, head_stride));
+        };
+        using QTile = Shape<Int<Traits::kBlockM>, Int<kHeadDim>>;
+        using KTile = Shape<Int<Traits::kBlockN>, Int<kHeadDim>>;
+        auto q_smem = take<0, 2>(typename Traits::SmemLayoutQ{});
+        auto tma_q = make_tma_copy(SM90_TMA_LOAD{},
+                                   packed(params.q, sh.total_q, sh.num_heads_q, params.q_row_stride, params.q_head_stride),
+                                   q_smem, QTile{}, _1{});
+        auto tma_do = make_tma_copy(
+            SM90_TMA_LOAD{}, packed(params.dout, sh.total_q, sh.num_heads_q, params.do_row_stride, params.do_head_stride),
+            q_smem, QTile{}, _1{});
+        auto tma_k = make_tma_copy(SM90_TMA_LOAD{},
+                                   packed(params.k, sh.total_k, sh.num_heads_kv, params.k_row_stride, params.k_head_stride),
+                                   typename Traits::SmemLayoutK{}, KTile{}, _1{});
+        auto tma_v = make_tma_copy(SM90_TMA_LOAD{},
+                                   packed(params.v, sh.total_k, sh.num_heads_kv, params.v_row_stride, params.v_head_stride),
+                                   typename Traits::SmemLayoutK{}, KTile{}, _1{});
+        auto kernel = &sm90::bwd_kernel<Traits, kCausal, decltype(tma_q), decltype(tma_do), decltype(tma_k),
+                                        decltype(tma_v)>;
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes);
+        dim3 grid(n_blocks, sh.num_heads_kv, sh.batch);
+        kernel<<<grid, Traits::kNThreads, Traits::kSmemBytes, stream>>>(params, tma_q, tma_do, tma_k, tma_v);
+    }
+    bwd_convert_dq_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params, kHeadDim);
+}
+
+}  // namespace flash_tree_attn

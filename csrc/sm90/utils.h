@@ -1,0 +1,62 @@
+// Small CuTe helpers of the sm90 (wgmma) kernels: issuing a warpgroup GMM, and the register views of the
+// wgmma accumulator used by the softmax and by the second GEMM.
+#pragma once
+
+#include <type_traits>
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+
+namespace flash_tree_attn::sm90 {
+
+using namespace cute;
+
+// Issues acc (+)= A * B over every k-slice as one wgmma batch and commits it; the caller waits with
+// warpgroup_wait<N>() before reading acc. With kZeroInit the first slice overwrites acc (no clear needed).
+// A is either shared-memory descriptors (SS) or a register fragment (RS); register operands are fenced so
+// the compiler neither moves their writes past the arrive nor reuses them before the wait.
+template <bool kZeroInit, class TiledMma, class FragA, class FragB, class Acc>
+__forceinline__ __device__ void wgmma_issue(TiledMma &tiled_mma, FragA const &tCrA, FragB const &tCrB, Acc &acc) {
+    constexpr bool kRegA = !std::is_same_v<typename FragA::iterator, GMMA::DescriptorIterator>;
+    if constexpr (kRegA) warpgroup_fence_operand(const_cast<FragA &>(tCrA));
+    warpgroup_fence_operand(acc);
+    warpgroup_arrive();
+    if constexpr (kZeroInit) tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
+    CUTE_UNROLL
+    for (int k = 0; k < size<2>(tCrA); ++k) {
+        cute::gemm(tiled_mma, tCrA(_, _, k), tCrB(_, _, k), acc);
+        tiled_mma.accumulate_ = GMMA::ScaleOut::One;
+    }
+    warpgroup_commit_batch();
+    warpgroup_fence_operand(acc);
+    if constexpr (kRegA) warpgroup_fence_operand(const_cast<FragA &>(tCrA));
+}
+
+// The wgmma accumulator of an m64nN atom is ((2 cols, 2 rows, N/8 column groups), MMA_M, MMA_N): like
+// mma.sync, each thread holds a column pair in two rows 8 apart, repeated every 8 columns. As (rows, cols) =
+// ((2, MMA_M), (2, N/8, MMA_N)) it can be reduced row by row.
+template <class Layout>
+CUTE_HOST_DEVICE auto acc_rowcol_layout(Layout acc) {
+    static_assert(decltype(rank(acc))::value == 3 && decltype(rank<0>(acc))::value == 3);
+    return make_layout(make_layout(get<0, 1>(acc), get<1>(acc)),
+                       make_layout(get<0, 0>(acc), get<0, 2>(acc), get<2>(acc)));
+}
+
+template <class Tensor>
+CUTE_HOST_DEVICE auto acc_rowcol(Tensor &&t) {
+    return make_tensor(t.data(), acc_rowcol_layout(t.layout()));
+}
+
+// The register A operand of an m64nNk16 wgmma holds, per thread, the same (column pair, row pair) values
+// for two neighbouring 8-column groups: two column groups of an accumulator form one k-slice. So the
+// probabilities feed O += P V without data movement:
+// ((2, 2, N/8), MMA_M, MMA_N) -> ((2, 2, 2), MMA_M, N/16 * MMA_N).
+template <class Layout>
+CUTE_HOST_DEVICE auto acc_as_a_operand_layout(Layout acc) {
+    static_assert(decltype(rank(acc))::value == 3 && decltype(rank<0>(acc))::value == 3);
+    auto groups = logical_divide(layout<0, 2>(acc), Shape<_2>{});  // ((2, N/16))
+    return make_layout(make_layout(get<0, 0>(acc), get<0, 1>(acc), get<0, 0>(groups)), get<1>(acc),
+                       coalesce(make_layout(get<0, 1>(groups), get<2>(acc))));
+}
+
+}  // namespace flash_tree_attn::sm90
