@@ -40,6 +40,13 @@ constexpr bool is_bf16() {
     return std::is_same_v<Element, cutlass::bfloat16_t>;
 }
 
+// One entry of a generated kernel list: runs FTA_RUN<hd, T, c> (defined around each use) when it matches.
+#define FTA_CASE(hd, T, c)                                                        \
+    if (bucket == hd && params.is_bf16 == is_bf16<T>() && params.causal == c) {  \
+        FTA_RUN<hd, T, c>(params, stream);                                      \
+        return nullptr;                                                         \
+    }
+
 }  // namespace
 
 int head_dim_bucket(int head_dim) {
@@ -58,24 +65,16 @@ const char *run_fwd(FwdParams &params, KernelPath path, cudaStream_t stream) {
     if (const char *err = check_forced_sm90(params, path)) return err;
     const int bucket = head_dim_bucket(params.shape.head_dim);
     if (path != KernelPath::kSm80 && params.device_arch == 90) {
-#define FTA_CASE(hd, T, c)                                                        \
-    if (bucket == hd && params.is_bf16 == is_bf16<T>() && params.causal == c) {  \
-        run_sm90_fwd<hd, T, c>(params, stream);                                 \
-        return nullptr;                                                         \
-    }
+#define FTA_RUN run_sm90_fwd
         FTA_SM90_FWD_KERNELS(FTA_CASE)
-#undef FTA_CASE
+#undef FTA_RUN
         if (path == KernelPath::kSm90) {
             return "no sm90 forward kernel was compiled for this head dim / dtype / causal combination";
         }
     }
-#define FTA_CASE(hd, T, c)                                                        \
-    if (bucket == hd && params.is_bf16 == is_bf16<T>() && params.causal == c) {  \
-        run_sm80_fwd<hd, T, c>(params, stream);                                 \
-        return nullptr;                                                         \
-    }
+#define FTA_RUN run_sm80_fwd
     FTA_SM80_FWD_KERNELS(FTA_CASE)
-#undef FTA_CASE
+#undef FTA_RUN
     return "no forward kernel was compiled for this head dim / dtype / causal combination";
 }
 
@@ -85,21 +84,13 @@ const char *run_bwd(BwdParams &params, KernelPath path, cudaStream_t stream) {
     // The sm90 backward covers head dims up to 128 and the non-deterministic mode; everything else runs
     // the sm80 backward, also when sm90 is forced (see kernel_api.h).
     if (path != KernelPath::kSm80 && params.device_arch == 90 && !params.deterministic) {
-#define FTA_CASE(hd, T, c)                                                        \
-    if (bucket == hd && params.is_bf16 == is_bf16<T>() && params.causal == c) {  \
-        run_sm90_bwd<hd, T, c>(params, stream);                                 \
-        return nullptr;                                                         \
-    }
+#define FTA_RUN run_sm90_bwd
         FTA_SM90_BWD_KERNELS(FTA_CASE)
-#undef FTA_CASE
+#undef FTA_RUN
     }
-#define FTA_CASE(hd, T, c)                                                        \
-    if (bucket == hd && params.is_bf16 == is_bf16<T>() && params.causal == c) {  \
-        run_sm80_bwd<hd, T, c>(params, stream);                                 \
-        return nullptr;                                                         \
-    }
+#define FTA_RUN run_sm80_bwd
     FTA_SM80_BWD_KERNELS(FTA_CASE)
-#undef FTA_CASE
+#undef FTA_RUN
     return "no backward kernel was compiled for this head dim / dtype / causal combination";
 }
 

@@ -25,8 +25,7 @@ void run_sm90_bwd(BwdParams &params, cudaStream_t stream) {
     const int n_blocks = ceil_div(sh.max_seqlen_k, Traits::kBlockN);
     if (n_blocks > 0 && sh.batch > 0) {
         auto packed = [&](const void *ptr, int tokens, int heads, int64_t row_stride, int64_t head_stride) {
-            return make_tensor(make_gmem_ptr(static_cast<const Element *>(ptr)),
-                               make_shape(tokens, sh.head_dim, heads), make_stride(row_stride, _1{}, head_stride));
+            return sm90::packed_gmem_tensor<Element>(ptr, tokens, sh.head_dim, heads, row_stride, head_stride);
         };
         using QTile = Shape<Int<Traits::kBlockM>, Int<kHeadDim>>;
         using KTile = Shape<Int<Traits::kBlockN>, Int<kHeadDim>>;

@@ -19,11 +19,8 @@ void run_sm90_fwd(FwdParams &params, cudaStream_t stream) {
     const int m_blocks = ceil_div(sh.max_seqlen_q, Traits::kBlockM);
     if (m_blocks == 0 || sh.batch == 0 || sh.num_heads_q == 0) return;
 
-    // (tokens, head dim, heads) views of the packed arrays. The head-dim extent is the real one, so TMA
-    // fills the columns of a larger bucket with zeros.
     auto packed = [&](const void *ptr, int tokens, int heads, int64_t row_stride, int64_t head_stride) {
-        return make_tensor(make_gmem_ptr(static_cast<const Element *>(ptr)), make_shape(tokens, sh.head_dim, heads),
-                           make_stride(row_stride, _1{}, head_stride));
+        return sm90::packed_gmem_tensor<Element>(ptr, tokens, sh.head_dim, heads, row_stride, head_stride);
     };
     auto tma_q = make_tma_copy(SM90_TMA_LOAD{}, packed(params.q, sh.total_q, sh.num_heads_q, params.q_row_stride,
                                                        params.q_head_stride),

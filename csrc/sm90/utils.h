@@ -59,4 +59,13 @@ CUTE_HOST_DEVICE auto acc_as_a_operand_layout(Layout acc) {
                        coalesce(make_layout(get<0, 1>(groups), get<2>(acc))));
 }
 
+// (tokens, head dim, heads) view of a packed varlen array: the global tensor TMA descriptors are built over.
+// The head-dim extent is the real one, so TMA fills the columns of a larger bucket with zeros.
+template <typename Element>
+inline auto packed_gmem_tensor(const void *ptr, int tokens, int head_dim, int heads, int64_t row_stride,
+                               int64_t head_stride) {
+    return make_tensor(make_gmem_ptr(static_cast<const Element *>(ptr)), make_shape(tokens, head_dim, heads),
+                       make_stride(row_stride, _1{}, head_stride));
+}
+
 }  // namespace flash_tree_attn::sm90
