@@ -4,7 +4,9 @@
 # Stages (default: test sanitize bench), run in the order given:
 #   build     MAX_JOBS=16 python3 setup.py build_ext --inplace          -> $OUT/build.log   (opt-in)
 #   test      python3 -m pytest -m gpu -x -q                            -> $OUT/pytest.log
-#   sanitize  compute-sanitizer memcheck + racecheck on tools/sanitizer_case.py -> $OUT/sanitizer.log
+#   test90    the kernel tests on the Hopper path (FLASH_TREE_ATTN_TEST_PATH=sm90) -> $OUT/pytest-sm90.log
+#   sanitize  compute-sanitizer memcheck + racecheck on tools/sanitizer_case.py, sm80 path; on Hopper also
+#             the sm90 path (memcheck gating, racecheck reported only) -> $OUT/sanitizer.log
 #   bench     python3 tools/bench.py          -> $OUT/bench.{json,png,txt,log}
 #   quick     python3 tools/bench.py --quick  -> $OUT/bench-quick.{json,png,txt,log}
 # Environment: OUT (default ./gpu_out), PYTHON (default python3), BENCH_ARGS (extra bench.py arguments,
@@ -74,13 +76,22 @@ stage() {
 }
 
 sanitize() {
-  local cs rc=0
+  local cs rc=0 hopper
   cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-  for tool in memcheck racecheck; do
-    echo "--- compute-sanitizer --tool $tool"
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool "$tool" --error-exitcode 1 --print-limit 30 \
-      "$PY" tools/sanitizer_case.py || rc=1
-  done
+  run_tool() {  # PATH TOOL
+    echo "--- FLASH_TREE_ATTN_PATH=$1 compute-sanitizer --tool $2"
+    FLASH_TREE_ATTN_PATH=$1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool "$2" --error-exitcode 1 --print-limit 30 \
+      "$PY" tools/sanitizer_case.py
+  }
+  for tool in memcheck racecheck; do run_tool sm80 $tool || rc=1; done
+  hopper=$("$PY" -c "import torch; from flash_tree_attn import _ops; print(int(torch.cuda.get_device_capability() == (9, 0) and 'sm90' in _ops.build_info().get('kernel_paths', [])))" 2>/dev/null)
+  if [ "$hopper" = 1 ]; then
+    run_tool sm90 memcheck || rc=1
+    # Not gating: racecheck (CUDA 13.0) does not treat mbarrier phases or bar.arrive/bar.sync handshakes as
+    # synchronization, so it reports the sm90 kernels' producer -> consumer hand-offs of stage metadata
+    # (bench_results/RESULTS.md lists them). Read the report for anything else.
+    run_tool sm90 racecheck || echo "--- sm90 racecheck reported hazards (not gating; review them against RESULTS.md)"
+  fi
   return $rc
 }
 export -f sanitize
@@ -90,10 +101,11 @@ for s in "${STAGES[@]}"; do
   case $s in
     build) stage build 540 "$OUT/build.log" env MAX_JOBS=${MAX_JOBS:-16} "$PY" setup.py build_ext --inplace ;;
     test) stage test 420 "$OUT/pytest.log" "$PY" -m pytest -m gpu -x -q ;;
+    test90) stage test90 240 "$OUT/pytest-sm90.log" env FLASH_TREE_ATTN_TEST_PATH=sm90 "$PY" -m pytest -m gpu -x -q tests/test_kernels.py ;;
     sanitize) stage sanitize 420 "$OUT/sanitizer.log" bash -c sanitize ;;
     bench) rm -f "$OUT/bench.txt"; stage bench 540 "$OUT/bench.log" "$PY" tools/bench.py --out-json "$OUT/bench.json" $BENCH_ARGS ;;
     quick) rm -f "$OUT/bench-quick.txt"; stage quick 300 "$OUT/bench-quick.log" "$PY" tools/bench.py --quick --out-json "$OUT/bench-quick.json" $BENCH_ARGS ;;
-    *) SUMMARY+=("$(printf '%-9s FAIL (unknown stage; known: build test sanitize bench quick)' "$s")"); FAILED=1 ;;
+    *) SUMMARY+=("$(printf '%-9s FAIL (unknown stage; known: build test test90 sanitize bench quick)' "$s")"); FAILED=1 ;;
   esac
 done
 
