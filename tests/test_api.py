@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import flash_tree_attn as fta
-from flash_tree_attn import interface
+from flash_tree_attn import _ops, interface
 
 
 def meta_qkv(total_q=10, total_k=10, hq=4, hkv=2, d=64, dtype=torch.bfloat16):
@@ -145,3 +145,31 @@ def test_self_check_command_on_a_cpu_only_machine():
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"flash-tree-attn {fta.__version__}" in res.stdout
     assert "kernel path: none" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "capability, paths, forced, expected",
+    [
+        ((9, 0), ["sm80", "sm90"], "auto", "sm90"),
+        ((9, 0), ["sm80", "sm90"], "sm80", "sm80"),
+        ((9, 0), ["sm80"], "auto", "sm80"),
+        ((8, 0), ["sm80", "sm90"], "auto", "sm80"),
+        ((8, 6), ["sm80", "sm90"], "sm90", None),  # forcing Hopper kernels on an Ampere GPU is an error
+        ((9, 0), ["sm80"], "sm90", None),  # ... and in a build without them
+        ((7, 5), ["sm80", "sm90"], "auto", None),  # below sm_80
+    ],
+)
+def test_kernel_path_report(monkeypatch, capability, paths, forced, expected):
+    """What `python -m flash_tree_attn` says about the path a call takes (same rules as csrc/dispatch.cu)."""
+    from flash_tree_attn import __main__ as cli
+
+    monkeypatch.setattr(_ops, "EXTENSION_LOADED", True)
+    monkeypatch.setattr(_ops, "build_info", lambda: {"kernel_paths": paths, "cuda_archs": ["80", "90"]})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "test GPU")
+    monkeypatch.setenv("FLASH_TREE_ATTN_PATH", forced)
+    path, why = cli.kernel_path_report()
+    assert path == expected, why
+    if expected is None:
+        assert why
