@@ -91,8 +91,8 @@ struct BwdTraits {
     static constexpr uint32_t kKVBytes = kBlockN * kHeadDim * sizeof(Element);
 };
 
-// Head dims whose backward the sm90 path implements (tools/generate_kernels.py lists the same); larger
-// head dims run the sm80 backward.
+// One configuration for every head dim the sm90 backward implements: up to 128 (the static_assert above;
+// tools/generate_kernels.py generates only those units). Larger head dims run the sm80 backward.
 template <int kHeadDim, typename Element>
 struct BwdConfig {
     using Traits = BwdTraits<kHeadDim, Element>;

@@ -1,5 +1,6 @@
-// Small CuTe helpers of the sm90 (wgmma) kernels: issuing a warpgroup GMM, and the register views of the
-// wgmma accumulator used by the softmax and by the second GEMM.
+// Small CuTe helpers of the sm90 (wgmma) kernels: issuing a warpgroup GEMM, the register views of the
+// wgmma accumulator used by the softmax and by the second GEMM, and the global view TMA descriptors are
+// built over.
 #pragma once
 
 #include <type_traits>
