@@ -6,6 +6,7 @@
 
 #include "kernel_api.h"
 #include "kernel_table.h"
+#include "tile_order.h"
 
 namespace flash_tree_attn {
 
@@ -33,6 +34,14 @@ const char *check_forced_sm90(const FwdParams &params, KernelPath path) {
     if (!kSm90Compiled) return "the sm90 (Hopper) kernel path is not compiled into this build";
     if (params.device_arch != 90) return "the sm90 (Hopper) kernel path needs a GPU of compute capability 9.0";
     return nullptr;
+}
+
+// The backward's grid is one-dimensional (tile_order.h): key blocks x sequences x key/value heads. No
+// backward key block is shorter than one bounds granule, so this bounds it for both paths.
+const char *check_bwd_grid(const BwdParams &params) {
+    const auto &sh = params.shape;
+    if (tile_grid_fits(ceil_div(sh.max_seqlen_k, kBoundsGranule), sh.batch, sh.num_heads_kv)) return nullptr;
+    return "the backward needs (64-key blocks x sequences x key/value heads) below 2^31 CTAs; split the batch";
 }
 
 template <typename Element>
@@ -80,6 +89,7 @@ const char *run_fwd(FwdParams &params, KernelPath path, cudaStream_t stream) {
 
 const char *run_bwd(BwdParams &params, KernelPath path, cudaStream_t stream) {
     if (const char *err = check_forced_sm90(params, path)) return err;
+    if (const char *err = check_bwd_grid(params)) return err;
     const int bucket = head_dim_bucket(params.shape.head_dim);
     // The sm90 backward covers head dims up to 128 and the non-deterministic mode; everything else runs
     // the sm80 backward, also when sm90 is forced (see kernel_api.h).

@@ -8,6 +8,7 @@
 #include "block_range.h"
 #include "params.h"
 #include "softmax.h"
+#include "tile_order.h"
 #include "sm80/bwd_traits.h"
 #include "sm80/utils.h"
 
@@ -32,9 +33,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
 
     extern __shared__ __align__(128) char smem_raw[];
 
-    const int n_block = blockIdx.x;
-    const int head_kv = blockIdx.y;
-    const int batch = blockIdx.z;
+    // Heavy key blocks first, across heads (tile_order.h). Deterministic mode waits on the CTAs of lower key
+    // blocks of the same (sequence, head): they have lower block indices, so they were launched earlier and
+    // the wait cannot deadlock.
+    const TileCoord tile =
+        tile_at(blockIdx.x, ceil_div(params.shape.max_seqlen_k, kBlockN), params.shape.batch, params.shape.num_heads_kv);
+    const int n_block = tile.block;
+    const int head_kv = tile.head;
+    const int batch = tile.batch;
     const int tid = threadIdx.x;
 
     const int q_offset = params.cu_seqlens_q[batch];

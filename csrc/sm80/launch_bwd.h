@@ -22,7 +22,7 @@ void run_sm80_bwd(BwdParams &params, cudaStream_t stream) {
 
     const int n_blocks = ceil_div(params.shape.max_seqlen_k, Traits::kBlockN);
     if (n_blocks > 0 && params.shape.batch > 0) {
-        dim3 grid(n_blocks, params.shape.num_heads_kv, params.shape.batch);
+        dim3 grid(unsigned(tile_grid_size(n_blocks, params.shape.batch, params.shape.num_heads_kv)));
         sm80::launch_with_smem(&sm80::bwd_kernel<Traits, kCausal>, grid, Traits::kNThreads, Traits::kSmemBytes,
                                stream, params);
     }

@@ -15,6 +15,7 @@
 #include "fragment_convert.h"
 #include "params.h"
 #include "softmax.h"
+#include "tile_order.h"
 #include "sm90/bwd_traits.h"
 #include "sm90/pipeline.h"
 #include "sm90/utils.h"
@@ -328,9 +329,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     extern __shared__ __align__(1024) char smem_raw[];
     Storage &smem = *reinterpret_cast<Storage *>(smem_raw);
 
-    const int n_block = blockIdx.x;
-    const int head_kv = blockIdx.y;
-    const int batch = blockIdx.z;
+    // Heavy key blocks first, across heads (tile_order.h).
+    const TileCoord tile = tile_at(blockIdx.x, ceil_div(params.shape.max_seqlen_k, Traits::kBlockN),
+                                   params.shape.batch, params.shape.num_heads_kv);
+    const int n_block = tile.block;
+    const int head_kv = tile.head;
+    const int batch = tile.batch;
     const int q_offset = params.cu_seqlens_q[batch];
     const int seqlen_q = params.cu_seqlens_q[batch + 1] - q_offset;
     const int k_offset = params.cu_seqlens_k[batch];

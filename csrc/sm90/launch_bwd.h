@@ -45,7 +45,7 @@ void run_sm90_bwd(BwdParams &params, cudaStream_t stream) {
         auto kernel = &sm90::bwd_kernel<Traits, kCausal, decltype(tma_q), decltype(tma_do), decltype(tma_k),
                                         decltype(tma_v)>;
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes);
-        dim3 grid(n_blocks, sh.num_heads_kv, sh.batch);
+        dim3 grid(unsigned(tile_grid_size(n_blocks, sh.batch, sh.num_heads_kv)));
         kernel<<<grid, Traits::kNThreads, Traits::kSmemBytes, stream>>>(params, tma_q, tma_do, tma_k, tma_v);
     }
     bwd_convert_dq_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params, kHeadDim);

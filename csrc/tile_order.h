@@ -1,0 +1,51 @@
+// Order of the backward's CTAs, both paths: which (key block, sequence, key/value head) each linear block
+// index runs. The GPU hands out CTAs in increasing index, so this is the order in which work starts, and it
+// has to serve two things:
+// - Heaviest first. Under a causal or a tree mask (depth-first order) earlier key blocks are seen by more
+//   queries. A grid that walked one head after another would start the heavy key blocks of the last heads
+//   when the GPU is nearly done, and they would set the run time alone; in a GRPO tree the prompt's key
+//   blocks carry tens of times the work of a response's, so that tail was most of the backward (31% of it
+//   on grpo_P1024_n16_R2048, measured on the H200).
+// - Reuse in L2. The key blocks of one (sequence, head) stream the same Q, dO and dQ rows; run side by side
+//   they share those reads. Ordering by weight alone over every head (tried) spreads the SMs over all heads
+//   at once and cost 12% of the dense causal backward.
+// So key blocks are taken in rank blocks of kRankBlock: key blocks 0..7 of every (sequence, head), one
+// (sequence, head) after the other, then key blocks 8..15, and so on. About sixteen heads are in flight at
+// a time, each with eight key blocks sharing their loads, and every head's heavy blocks start in the first
+// rank block. (The forward keeps one (sequence, head) at a time, last query block first: its tiles weigh
+// about the same across heads, and the K/V reuse of that order measured faster there.)
+#pragma once
+
+#include <cstdint>
+
+namespace flash_tree_attn {
+
+constexpr int kRankBlock = 8;
+
+struct TileCoord {
+    int block;  // key block
+    int batch;
+    int head;   // key/value head
+};
+
+// Number of CTAs for `blocks` key blocks per (sequence, head); the caller checks that it fits in int.
+inline int64_t tile_grid_size(int blocks, int batch, int heads) { return int64_t(blocks) * batch * heads; }
+inline bool tile_grid_fits(int blocks, int batch, int heads) { return tile_grid_size(blocks, batch, heads) <= INT32_MAX; }
+
+// The tile of linear block index `index`.
+__device__ __forceinline__ TileCoord tile_at(int index, int blocks, int batch, int heads) {
+    const int units = batch * heads;
+    const int per_rank_block = kRankBlock * units;
+    const int rank_block = index / per_rank_block;
+    const int within = index - rank_block * per_rank_block;
+    const int first = rank_block * kRankBlock;
+    const int ranks = min(kRankBlock, blocks - first);  // the last rank block may be short
+    const int unit = within / ranks;
+    TileCoord t;
+    t.block = first + (within - unit * ranks);
+    t.batch = unit / heads;
+    t.head = unit - t.batch * heads;
+    return t;
+}
+
+}  // namespace flash_tree_attn
