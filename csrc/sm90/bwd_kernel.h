@@ -223,21 +223,28 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
         if (kind == TileKind::kPartial) {
             mask_tile_transposed(st, tScS_rc, row0, col0, seqlen_q, seqlen_k, seq.diag, start_q, end_k);
         }
+        // Columns (c, c+1) are neighbouring queries, so their row statistics are one 8-byte load.
         CUTE_UNROLL
-        for (int c = 0; c < size<1>(st); ++c) {
-            const float lse_log2 = smem.lse_log2[s][get<1>(tScS_rc(0, c))];
+        for (int c = 0; c < size<1>(st); c += 2) {
+            const float2 lse_log2 = *reinterpret_cast<const float2 *>(&smem.lse_log2[s][get<1>(tScS_rc(0, c))]);
             CUTE_UNROLL
-            for (int r = 0; r < size<0>(st); ++r) st(r, c) = exp2f(fmaf(st(r, c), params.softmax_scale_log2, -lse_log2));
+            for (int r = 0; r < size<0>(st); ++r) {
+                st(r, c) = exp2f(fmaf(st(r, c), params.softmax_scale_log2, -lse_log2.x));
+                st(r, c + 1) = exp2f(fmaf(st(r, c + 1), params.softmax_scale_log2, -lse_log2.y));
+            }
         }
         // dS^T = P^T * (dP^T - D)
         warpgroup_wait<0>();
         warpgroup_fence_operand(acc_dp);
         Tensor dpt = acc_rowcol(acc_dp);
         CUTE_UNROLL
-        for (int c = 0; c < size<1>(dpt); ++c) {
-            const float dsum = smem.dsum[s][get<1>(tScS_rc(0, c))];
+        for (int c = 0; c < size<1>(dpt); c += 2) {
+            const float2 dsum = *reinterpret_cast<const float2 *>(&smem.dsum[s][get<1>(tScS_rc(0, c))]);
             CUTE_UNROLL
-            for (int r = 0; r < size<0>(dpt); ++r) dpt(r, c) = st(r, c) * (dpt(r, c) - dsum);
+            for (int r = 0; r < size<0>(dpt); ++r) {
+                dpt(r, c) = st(r, c) * (dpt(r, c) - dsum.x);
+                dpt(r, c + 1) = st(r, c + 1) * (dpt(r, c + 1) - dsum.y);
+            }
         }
 
         Tensor rP = to_type<Element>(acc_s);
@@ -252,7 +259,12 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
         const int buf = step & 1;
         Tensor tdSsdS_buf = tdSsdS(_, _, _, buf);
         CUTE_UNROLL
-        for (int i = 0; i < size(rdS); ++i) tdSsdS_buf(i) = rdS(i);
+        for (int i = 0; i < size(rdS); i += 2) {  // (i, i+1): neighbouring queries of a key, adjacent in sdS
+            cutlass::Array<Element, 2> pair;
+            pair[0] = rdS(i);
+            pair[1] = rdS(i + 1);
+            *reinterpret_cast<cutlass::Array<Element, 2> *>(&tdSsdS_buf(i)) = pair;
+        }
         cutlass::arch::fence_view_async_shared();
         cutlass::arch::NamedBarrier::sync(Traits::kConsumerThreads, kDsReady);
 

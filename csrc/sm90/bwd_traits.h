@@ -70,8 +70,8 @@ struct BwdTraits {
         alignas(1024) Element ds[cosize_v<SmemLayoutdS>];
         // Per stage, for the 64 query rows it holds: log2-domain LSE (+inf where the row sees nothing or
         // lies past the sequence, so P = 0 there) and D = rowsum(dO * O) - dLSE.
-        float lse_log2[kStages][kBlockM];
-        float dsum[kStages][kBlockM];
+        alignas(16) float lse_log2[kStages][kBlockM];
+        alignas(16) float dsum[kStages][kBlockM];
         // dQ of one step in fp32, handed from the consumers to the dQ writer warp (rows padded by 8 floats
         // so the consumers' column-pair stores of 8 rows fall in different banks).
         alignas(128) float dq[kBlockM][kHeadDim + 8];
