@@ -12,7 +12,7 @@
 // So key blocks are taken in rank blocks of kRankBlock: key blocks 0..7 of every (sequence, head), one
 // (sequence, head) after the other, then key blocks 8..15, and so on. About sixteen heads are in flight at
 // a time, each with eight key blocks sharing their loads, and every head's heavy blocks start in the first
-// rank block. (The forward keeps one (sequence, head) at a time, last query block first: its tiles weigh
+// rank block (rank blocks of 16 measured the same). (The forward keeps one (sequence, head) at a time, last query block first: its tiles weigh
 // about the same across heads, and the K/V reuse of that order measured faster there.)
 #pragma once
 
