@@ -18,6 +18,8 @@
 
 #include <cstdint>
 
+#include "params.h"
+
 namespace flash_tree_attn {
 
 constexpr int kRankBlock = 8;
@@ -46,6 +48,17 @@ __device__ __forceinline__ TileCoord tile_at(int index, int blocks, int batch, i
     t.batch = unit / heads;
     t.head = unit - t.batch * heads;
     return t;
+}
+
+// The backward's grid and the tile of each of its CTAs, for key blocks of kBlockN: the launchers and the
+// kernels of both paths derive the block count from the same shape here.
+template <int kBlockN>
+inline int64_t bwd_grid_size(const BwdParams &p) {
+    return tile_grid_size(ceil_div(p.shape.max_seqlen_k, kBlockN), p.shape.batch, p.shape.num_heads_kv);
+}
+template <int kBlockN>
+__device__ __forceinline__ TileCoord bwd_tile(const BwdParams &p) {
+    return tile_at(blockIdx.x, ceil_div(p.shape.max_seqlen_k, kBlockN), p.shape.batch, p.shape.num_heads_kv);
 }
 
 }  // namespace flash_tree_attn

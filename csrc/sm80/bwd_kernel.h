@@ -36,8 +36,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
     // Heavy key blocks first, across heads (tile_order.h). Deterministic mode waits on the CTAs of lower key
     // blocks of the same (sequence, head): they have lower block indices, so they were launched earlier and
     // the wait cannot deadlock.
-    const TileCoord tile =
-        tile_at(blockIdx.x, ceil_div(params.shape.max_seqlen_k, kBlockN), params.shape.batch, params.shape.num_heads_kv);
+    const TileCoord tile = bwd_tile<kBlockN>(params);
     const int n_block = tile.block;
     const int head_kv = tile.head;
     const int batch = tile.batch;

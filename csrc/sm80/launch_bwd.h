@@ -20,11 +20,10 @@ void run_sm80_bwd(BwdParams &params, cudaStream_t stream) {
     if (prepost_blocks == 0) return;
     bwd_dot_do_o_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params);
 
-    const int n_blocks = ceil_div(params.shape.max_seqlen_k, Traits::kBlockN);
-    if (n_blocks > 0 && params.shape.batch > 0) {
-        dim3 grid(unsigned(tile_grid_size(n_blocks, params.shape.batch, params.shape.num_heads_kv)));
-        sm80::launch_with_smem(&sm80::bwd_kernel<Traits, kCausal>, grid, Traits::kNThreads, Traits::kSmemBytes,
-                               stream, params);
+    const int64_t ctas = bwd_grid_size<Traits::kBlockN>(params);
+    if (ctas > 0) {
+        sm80::launch_with_smem(&sm80::bwd_kernel<Traits, kCausal>, dim3(unsigned(ctas)), Traits::kNThreads,
+                               Traits::kSmemBytes, stream, params);
     }
     bwd_convert_dq_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params, kHeadDim);
 }

@@ -342,8 +342,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     Storage &smem = *reinterpret_cast<Storage *>(smem_raw);
 
     // Heavy key blocks first, across heads (tile_order.h).
-    const TileCoord tile = tile_at(blockIdx.x, ceil_div(params.shape.max_seqlen_k, Traits::kBlockN),
-                                   params.shape.batch, params.shape.num_heads_kv);
+    const TileCoord tile = bwd_tile<Traits::kBlockN>(params);
     const int n_block = tile.block;
     const int head_kv = tile.head;
     const int batch = tile.batch;

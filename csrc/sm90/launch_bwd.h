@@ -22,8 +22,8 @@ void run_sm90_bwd(BwdParams &params, cudaStream_t stream) {
     if (prepost_blocks == 0) return;
     bwd_dot_do_o_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params);
 
-    const int n_blocks = ceil_div(sh.max_seqlen_k, Traits::kBlockN);
-    if (n_blocks > 0 && sh.batch > 0) {
+    const int64_t ctas = bwd_grid_size<Traits::kBlockN>(params);
+    if (ctas > 0) {
         auto packed = [&](const void *ptr, int tokens, int heads, int64_t row_stride, int64_t head_stride) {
             return sm90::packed_gmem_tensor<Element>(ptr, tokens, sh.head_dim, heads, row_stride, head_stride);
         };
@@ -45,8 +45,7 @@ void run_sm90_bwd(BwdParams &params, cudaStream_t stream) {
         auto kernel = &sm90::bwd_kernel<Traits, kCausal, decltype(tma_q), decltype(tma_do), decltype(tma_k),
                                         decltype(tma_v)>;
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes);
-        dim3 grid(unsigned(tile_grid_size(n_blocks, sh.batch, sh.num_heads_kv)));
-        kernel<<<grid, Traits::kNThreads, Traits::kSmemBytes, stream>>>(params, tma_q, tma_do, tma_k, tma_v);
+        kernel<<<dim3(unsigned(ctas)), Traits::kNThreads, Traits::kSmemBytes, stream>>>(params, tma_q, tma_do, tma_k, tma_v);
     }
     bwd_convert_dq_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params, kHeadDim);
 }
