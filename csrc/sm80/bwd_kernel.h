@@ -23,6 +23,12 @@ __forceinline__ __device__ void store_release(int *p, int v) {
     asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
+// fp32 add to global memory without a returned value: a fire-and-forget reduction (RED). atomicAdd compiled
+// to a value-returning ATOM here.
+__forceinline__ __device__ void red_add(float *p, float v) {
+    asm volatile("red.global.add.f32 [%0], %1;" ::"l"(p), "f"(v));
+}
+
 template <typename Traits, bool kCausal>
 __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_constant__ BwdParams params) {
     using Element = typename Traits::Element;
@@ -178,6 +184,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
     Tensor tScS_rc = acc_rowcol(thr_sdp.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{})));
     constexpr int kRows = decltype(size<0>(tScS_rc))::value;
     Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+    // dQaccum is (token, query head, kHeadDim) fp32. Offsets of the thread's accumulator elements from its
+    // first one are the same for every tile; only the tile's base moves.
+    const int dq_row_stride = params.shape.num_heads_q * kHeadDim;
+    auto dq_offset = [&](int i) {
+        return (get<0>(tdQcdQ(i)) - get<0>(tdQcdQ(0))) * dq_row_stride + (get<1>(tdQcdQ(i)) - get<1>(tdQcdQ(0)));
+    };
 
     const int head_q0 = head_kv * group;
     // Work items are (query head, query block); the non-empty query blocks are the same for every head.
@@ -277,14 +289,18 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
                 }
                 __syncthreads();
             }
-            const int bucket_stride = kHeadDim;
-            float *dq_accum = params.dq_accum + (int64_t(q_offset) * params.shape.num_heads_q + head) * bucket_stride;
+            // The thread's first dQ element of this tile; every other element is a fixed offset from it
+            // (columns past head_dim are bucket padding: K is zero there, so they add zeros).
+            float *dq_tile = params.dq_accum +
+                             (int64_t(q_offset + row0 + get<0>(tdQcdQ(0))) * params.shape.num_heads_q + head) * kHeadDim +
+                             get<1>(tdQcdQ(0));
+            if (row0 + kBlockM <= seqlen_q) {
 #pragma unroll
-            for (int i = 0; i < size(acc_dq); ++i) {
-                const int row = row0 + get<0>(tdQcdQ(i));
-                const int col = get<1>(tdQcdQ(i));
-                if (row < seqlen_q && col < head_dim) {
-                    atomicAdd(dq_accum + int64_t(row) * params.shape.num_heads_q * bucket_stride + col, acc_dq(i));
+                for (int i = 0; i < size(acc_dq); ++i) red_add(dq_tile + dq_offset(i), acc_dq(i));
+            } else {
+#pragma unroll
+                for (int i = 0; i < size(acc_dq); ++i) {
+                    if (row0 + get<0>(tdQcdQ(i)) < seqlen_q) red_add(dq_tile + dq_offset(i), acc_dq(i));
                 }
             }
             if (params.deterministic) {

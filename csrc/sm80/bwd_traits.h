@@ -57,7 +57,7 @@ struct BwdConfig<64, Element> { using Traits = BwdTraits<64, 64, 128, 8, 2, 4, 4
 template <typename Element>
 struct BwdConfig<96, Element> { using Traits = BwdTraits<96, 64, 128, 8, 2, 4, 4, 2, Element>; };
 template <typename Element>
-struct BwdConfig<128, Element> { using Traits = BwdTraits<128, 64, 128, 8, 2, 4, 4, 2, Element>; };
+struct BwdConfig<128, Element> { using Traits = BwdTraits<128, 64, 128, 8, 2, 4, 2, 2, Element>; };
 template <typename Element>
 struct BwdConfig<192, Element> { using Traits = BwdTraits<192, 64, 64, 8, 2, 4, 4, 1, Element>; };
 template <typename Element>

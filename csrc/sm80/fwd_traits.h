@@ -42,7 +42,9 @@ struct Sm80TileCopies {
     using SmemCopyAtomStore = Copy_Atom<DefaultCopy, Element>;
 
     using GmemThreads = typename SmemPanel<kHeadDim, Element>::template GmemThreadLayout<kNThreads>;
-    using GmemCopyLoad = decltype(make_tiled_copy(Copy_Atom<SM80_CP_ASYNC_CACHEGLOBAL<uint128_t>, Element>{},
+    // The zero-filling cp.async: a vector outside the tile's rows / head dim is written as zeros by the same
+    // instruction (source size 0, nothing read), instead of a separate shared-memory store.
+    using GmemCopyLoad = decltype(make_tiled_copy(Copy_Atom<SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<uint128_t>, Element>{},
                                                   GmemThreads{}, Layout<Shape<_1, _8>>{}));
     using GmemCopyStore =
         decltype(make_tiled_copy(Copy_Atom<UniversalCopy<uint128_t>, Element>{}, GmemThreads{}, Layout<Shape<_1, _8>>{}));

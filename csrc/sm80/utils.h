@@ -79,8 +79,8 @@ __forceinline__ __device__ void gemm_rs(Acc &acc, RA const &tCrA, RB &tCrB, SB c
     }
 }
 
-// Global -> shared tile copy (cp.async, 16 bytes per vector). Rows >= max_rows and columns >= max_cols
-// are zero-filled in shared memory so that padded rows never feed NaN/Inf garbage into the MMAs.
+// Global -> shared tile copy (zero-filling cp.async, 16 bytes per vector). Rows >= max_rows and columns >=
+// max_cols are zero-filled in shared memory so that padded rows never feed NaN/Inf garbage into the MMAs.
 // src/dst are partitions (CPY, CPY_M, CPY_K) of one tile, coord the identity partition of the same tile.
 template <class TiledCopy, class S, class D, class C>
 __forceinline__ __device__ void copy_tile_async(TiledCopy const &tiled_copy, S const &src, D &dst, C const &coord,
@@ -90,11 +90,7 @@ __forceinline__ __device__ void copy_tile_async(TiledCopy const &tiled_copy, S c
         const bool row_ok = get<0>(coord(0, m, 0)) < max_rows;
 #pragma unroll
         for (int k = 0; k < size<2>(dst); ++k) {
-            if (row_ok && get<1>(coord(0, m, k)) < max_cols) {
-                copy(tiled_copy, src(_, m, k), dst(_, m, k));
-            } else {
-                clear(dst(_, m, k));
-            }
+            copy(tiled_copy.with(row_ok && get<1>(coord(0, m, k)) < max_cols), src(_, m, k), dst(_, m, k));
         }
     }
 }
