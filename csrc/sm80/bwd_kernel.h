@@ -23,10 +23,17 @@ __forceinline__ __device__ void store_release(int *p, int v) {
     asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
-// fp32 add to global memory without a returned value: a fire-and-forget reduction (RED). atomicAdd compiled
-// to a value-returning ATOM here.
-__forceinline__ __device__ void red_add(float *p, float v) {
-    asm volatile("red.global.add.f32 [%0], %1;" ::"l"(p), "f"(v));
+// Adds two neighbouring fp32 values to global memory without returning anything (fire-and-forget
+// reductions, RED; atomicAdd compiled to a value-returning ATOM here). On sm_90 one 8-byte vector reduction:
+// the 4 lanes that hold a row's 8 consecutive columns then fill whole 32-byte sectors, where 4-byte
+// reductions fill half of twice as many.
+__forceinline__ __device__ void red_add_pair(float *p, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b));
+#else
+    asm volatile("red.global.add.f32 [%0], %1;" ::"l"(p), "f"(a));
+    asm volatile("red.global.add.f32 [%0], %1;" ::"l"(p + 1), "f"(b));
+#endif
 }
 
 template <typename Traits, bool kCausal>
@@ -294,13 +301,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
             float *dq_tile = params.dq_accum +
                              (int64_t(q_offset + row0 + get<0>(tdQcdQ(0))) * params.shape.num_heads_q + head) * kHeadDim +
                              get<1>(tdQcdQ(0));
+            // (i, i + 1) are neighbouring columns of one row in the MMA accumulator.
             if (row0 + kBlockM <= seqlen_q) {
 #pragma unroll
-                for (int i = 0; i < size(acc_dq); ++i) red_add(dq_tile + dq_offset(i), acc_dq(i));
+                for (int i = 0; i < size(acc_dq); i += 2) red_add_pair(dq_tile + dq_offset(i), acc_dq(i), acc_dq(i + 1));
             } else {
 #pragma unroll
-                for (int i = 0; i < size(acc_dq); ++i) {
-                    if (row0 + get<0>(tdQcdQ(i)) < seqlen_q) red_add(dq_tile + dq_offset(i), acc_dq(i));
+                for (int i = 0; i < size(acc_dq); i += 2) {
+                    if (row0 + get<0>(tdQcdQ(i)) < seqlen_q) {
+                        red_add_pair(dq_tile + dq_offset(i), acc_dq(i), acc_dq(i + 1));
+                    }
                 }
             }
             if (params.deterministic) {
