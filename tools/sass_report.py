@@ -137,7 +137,8 @@ def main(argv=None) -> int:
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     ap.add_argument("--causal", action="store_true")
-    ap.add_argument("--nvdisasm", default=str(Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvdisasm"))
+    cuda_bin = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin"
+    ap.add_argument("--nvdisasm", default=str(cuda_bin / "nvdisasm"))
     ap.add_argument("--top", type=int, default=24, help="opcodes shown per loop")
     args = ap.parse_args(argv)
 
