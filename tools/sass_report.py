@@ -81,7 +81,7 @@ def loops(lines: list[str]) -> list[tuple[int, int, collections.Counter]]:
     return sorted(found, key=lambda f: -sum(f[2].values()))
 
 
-def report(sass: str, function_pattern: str, top: int = 24, max_loops: int = 3) -> str:
+def report(sass: str, function_pattern: str, top: int = 24, max_loops: int = 6) -> str:
     out = []
     pattern = re.compile(function_pattern)
     for name, lines in split_functions(sass).items():
@@ -140,6 +140,8 @@ def main(argv=None) -> int:
     cuda_bin = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin"
     ap.add_argument("--nvdisasm", default=str(cuda_bin / "nvdisasm"))
     ap.add_argument("--top", type=int, default=24, help="opcodes shown per loop")
+    ap.add_argument("--loops", type=int, default=6,
+                    help="loops shown, largest first (a warp-specialized kernel's role branches also count as loops)")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="fta-sass-") as tmp:
@@ -152,7 +154,7 @@ def main(argv=None) -> int:
         sass = subprocess.run([args.nvdisasm, "-c", str(cubin)], capture_output=True, text=True, check=True).stdout
     if ptxas:
         print(ptxas)
-    print(report(sass, args.function, args.top))
+    print(report(sass, args.function, args.top, args.loops))
     return 0
 
 
