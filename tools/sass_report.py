@@ -33,6 +33,7 @@ _LABEL = re.compile(r"^(\.L_x_\d+):")
 _BRANCH = re.compile(r"\bBRA\s+(?:`\()?(\.L_x_\d+)")
 _SECTION = re.compile(r"^\s*\.section\s+\.text\.(\S+?),")
 _PREDICATE = re.compile(r"^@!?U?P\w+\s+")
+CUDA_BIN = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin"
 
 
 def split_functions(sass: str) -> dict[str, list[str]]:
@@ -118,9 +119,8 @@ def compile_unit(args, tmp: Path) -> tuple[Path, str]:
         raise SystemExit(f"no {args.path} {args.direction} unit for head dim {args.head_dim} {args.dtype}")
     unit = generate_kernels.generate(tmp / "autogen", kernels)[0]
     cubin = tmp / (unit.stem + ".cubin")
-    nvcc = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc"
     flags = [f for f in ci_compile_check.NVCC_FLAGS if f not in ("-Xcompiler", "-fPIC")]
-    cmd = [str(nvcc), *flags, "-arch=sm_90a", "-cubin", "-Xptxas", "-v", "-I", str(ROOT / "csrc"),
+    cmd = [str(CUDA_BIN / "nvcc"), *flags, "-arch=sm_90a", "-cubin", "-Xptxas", "-v", "-I", str(ROOT / "csrc"),
            "-I", str(tmp / "autogen"), "-I", str(ci_compile_check.cutlass_include()), str(unit), "-o", str(cubin)]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
@@ -137,8 +137,7 @@ def main(argv=None) -> int:
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     ap.add_argument("--causal", action="store_true")
-    cuda_bin = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin"
-    ap.add_argument("--nvdisasm", default=str(cuda_bin / "nvdisasm"))
+    ap.add_argument("--nvdisasm", default=str(CUDA_BIN / "nvdisasm"))
     ap.add_argument("--top", type=int, default=24, help="opcodes shown per loop")
     ap.add_argument("--loops", type=int, default=6,
                     help="loops shown, largest first (a warp-specialized kernel's role branches also count as loops)")
