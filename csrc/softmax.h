@@ -25,52 +25,43 @@ __forceinline__ __device__ float quad_sum(float x) {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-// Sets masked scores of one tile to -inf. `coord` is the identity tensor partitioned like the scores
-// (rowcol view) giving tile-local (row, col). start_q / end_k point at the sequence's tree arrays
-// (nullptr without a tree); they are read here, for partial tiles only, rather than held in registers.
-template <class S, class C>
+// Sets masked scores of one tile to -inf. `coord` is the identity tensor partitioned like the scores (rowcol
+// view) giving tile-local (row, col); with kTransposed the tile is S^T, as computed by backward kernels that
+// own key rows: its rows are keys and its columns queries. The other arguments keep their meaning either
+// way: row0 / seqlen_q / tile_start_q are about queries, col0 / seqlen_k / tile_end_k about keys.
+// tile_start_q[i] and tile_end_k[j] are the tree values of the tile's i-th query and j-th key (tile-local
+// indices), nullptr without a tree; entries past the sequence are never read. The sm80 kernels and the sm90
+// backward stage them in shared memory with the tile, so that a partial tile does not wait on global loads;
+// the sm90 forward passes global memory (staging them through its producer warp measured slower on a chain).
+// The values of the view's rows are read once into registers, those of its columns inside the loop.
+template <bool kTransposed, class S, class C>
 __forceinline__ __device__ void mask_tile(S &scores, C const &coord, int row0, int col0, int seqlen_q, int seqlen_k,
-                                          int diag, const int *start_q, const int *end_k) {
+                                          int diag, const int *tile_start_q, const int *tile_end_k) {
+    auto start_of = [&](int i) {  // tree start of the tile's i-th query
+        return (tile_start_q != nullptr && row0 + i < seqlen_q) ? tile_start_q[i] : kNoTreeStart;
+    };
+    auto end_of = [&](int j) {  // tree end of the tile's j-th key
+        return (tile_end_k != nullptr && col0 + j < seqlen_k) ? tile_end_k[j] : kNoTreeEnd;
+    };
     constexpr int kRows = decltype(size<0>(scores))::value;
-    int row_start[kRows];
+    int row_tree[kRows];
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-        const int row = row0 + get<0>(coord(r, 0));
-        row_start[r] = (start_q != nullptr && row < seqlen_q) ? __ldg(start_q + row) : kNoTreeStart;
+        const int i = get<0>(coord(r, 0));
+        row_tree[r] = kTransposed ? end_of(i) : start_of(i);
     }
 #pragma unroll
     for (int c = 0; c < size<1>(scores); ++c) {
-        const int col = col0 + get<1>(coord(0, c));
-        const int col_end = (end_k != nullptr && col < seqlen_k) ? __ldg(end_k + col) : kNoTreeEnd;
+        const int j = get<1>(coord(0, c));
+        const int col_tree = kTransposed ? start_of(j) : end_of(j);
 #pragma unroll
         for (int r = 0; r < kRows; ++r) {
-            const int row = row0 + get<0>(coord(r, 0));
-            if (!key_visible(row, col, seqlen_k, diag, row_start[r], col_end)) scores(r, c) = -INFINITY;
-        }
-    }
-}
-
-// The same mask for a transposed tile S^T (rows are keys, columns are queries), as computed by backward
-// kernels that own key rows. Arguments keep their meaning: row0 / seqlen_q / start_q are about queries,
-// col0 / seqlen_k / end_k about keys; `coord` gives tile-local (key, query).
-template <class S, class C>
-__forceinline__ __device__ void mask_tile_transposed(S &scores_t, C const &coord, int row0, int col0, int seqlen_q,
-                                                     int seqlen_k, int diag, const int *start_q, const int *end_k) {
-    constexpr int kKeys = decltype(size<0>(scores_t))::value;
-    int key_end[kKeys];
-#pragma unroll
-    for (int r = 0; r < kKeys; ++r) {
-        const int col = col0 + get<0>(coord(r, 0));
-        key_end[r] = (end_k != nullptr && col < seqlen_k) ? __ldg(end_k + col) : kNoTreeEnd;
-    }
-#pragma unroll
-    for (int c = 0; c < size<1>(scores_t); ++c) {
-        const int row = row0 + get<1>(coord(0, c));
-        const int row_start = (start_q != nullptr && row < seqlen_q) ? __ldg(start_q + row) : kNoTreeStart;
-#pragma unroll
-        for (int r = 0; r < kKeys; ++r) {
-            const int col = col0 + get<0>(coord(r, 0));
-            if (!key_visible(row, col, seqlen_k, diag, row_start, key_end[r])) scores_t(r, c) = -INFINITY;
+            const int i = get<0>(coord(r, 0));
+            const int query = row0 + (kTransposed ? j : i);
+            const int key = col0 + (kTransposed ? i : j);
+            const bool visible = kTransposed ? key_visible(query, key, seqlen_k, diag, col_tree, row_tree[r])
+                                             : key_visible(query, key, seqlen_k, diag, row_tree[r], col_tree);
+            if (!visible) scores(r, c) = -INFINITY;
         }
     }
 }

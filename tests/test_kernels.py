@@ -147,6 +147,18 @@ def test_random_deep_tree(dtype, group):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_long_tree_spans_many_walk_windows(dtype):
+    """About 7000 tokens in one tree: every kernel's tile walk (TileWalk in csrc/block_range.h, 32 candidate
+    blocks per ballot scan) needs several scans, with empty tiles of sibling branches between non-empty ones."""
+    rng = random.Random()
+    lay = layout_from_segments([random_tree(rng, 40, 50, 300)], device="cuda")
+    n = lay.total_tokens
+    d = compiled_head_dims()[0]
+    q, k, v = make_qkv(n, n, 4, 2, d, dtype)
+    run_case(q, k, v, lay.cu_seqlens, lay.cu_seqlens, lay.max_seqlen, lay.max_seqlen, True, lay.start_q, lay.end_k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_chain_equals_causal(dtype):
     n = 1000 + random.randrange(500)
     lay = layout_from_segments([[(-1, n)]], device="cuda")

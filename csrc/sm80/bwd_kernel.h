@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
     const int *end_k = has_tree ? params.tree_end_k + k_offset : nullptr;
 
     // ---- shared memory ----
-    // Layout: Q[kStages], dO[kStages], K, V, P, dS.
+    // Layout: Q[kStages], dO[kStages], K, V, P, dS, then the per-row values (Traits::RowData).
     constexpr int kQSize = decltype(size(typename Traits::SmemLayoutQ{}))::value;
     Element *smem = reinterpret_cast<Element *>(smem_raw);
     Element *smem_do = smem + kStages * kQSize;
@@ -96,6 +96,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
     Tensor sdS = make_tensor(sP.data() + size(sP), typename Traits::SmemLayoutP{});
     Tensor sdSt = make_tensor(sdS.data(), typename Traits::SmemLayoutPt{});
     Tensor sdStNoSwizzle = make_tensor(sdS.data().get(), typename Traits::SmemLayoutPtNoSwizzle{});
+    auto &rows = *reinterpret_cast<typename Traits::RowData *>(smem_raw + Traits::kSmemTileBytes);
 
     // ---- global tensors of this key block ----
     auto kv_tile = [&](const void *base, int64_t row_stride, int64_t head_stride) {
@@ -116,9 +117,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
         Tensor tVsV = gmem_thr.partition_D(sV);
         copy_tile_async(gmem_copy, gmem_thr.partition_S(gK), tKsK, tKVcKV, seqlen_k - col0, head_dim);
         copy_tile_async(gmem_copy, gmem_thr.partition_S(gV), tVsV, tKVcKV, seqlen_k - col0, head_dim);
+        if (has_tree && tid < kBlockN) {
+            const bool valid = col0 + tid < seqlen_k;
+            cp_async_4(&rows.end_k[tid], end_k + (valid ? col0 + tid : 0), valid);
+        }
     }
 
-    // Q and dO tiles of (query head, query block).
+    // Q and dO tiles of (query head, query block), and their rows' LSE, D and tree starts (zeros past the
+    // sequence).
     auto load_q_do = [&](int head, int m_block, int stage) {
         const int row0 = m_block * kBlockM;
         Tensor mQ = make_tensor(make_gmem_ptr(static_cast<const Element *>(params.q) + int64_t(q_offset) * params.q_row_stride +
@@ -133,6 +139,18 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
         Tensor tdOsdO = gmem_thr.partition_D(sdO_at(stage));
         copy_tile_async(gmem_copy, gmem_thr.partition_S(gQ), tQsQ, tQcQ, seqlen_q - row0, head_dim);
         copy_tile_async(gmem_copy, gmem_thr.partition_S(gdO), tdOsdO, tQcQ, seqlen_q - row0, head_dim);
+        const int i = tid % kBlockM;
+        const int which = tid / kBlockM;  // 0: LSE, 1: D, 2: tree start
+        const bool valid = row0 + i < seqlen_q;
+        const int row = valid ? row0 + i : 0;
+        const int64_t idx = int64_t(head) * params.shape.total_q + q_offset + row;
+        if (which == 0) {
+            cp_async_4(&rows.lse[stage][i], params.softmax_lse + idx, valid);
+        } else if (which == 1) {
+            cp_async_4(&rows.dsum[stage][i], params.dsoftmax_sum + idx, valid);
+        } else if (which == 2 && has_tree) {
+            cp_async_4(&rows.start_q[stage][i], start_q + row, valid);
+        }
     };
 
     // ---- MMA partitions ----
@@ -199,23 +217,27 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
     };
 
     const int head_q0 = head_kv * group;
-    // Work items are (query head, query block); the non-empty query blocks are the same for every head.
-    int m_first = query_block_begin<kBlockM, kBlockN>(seq, n_block);
-    if (m_first < m_blocks && classify_tile<kBlockM, kBlockN>(seq, m_first, n_block) == TileKind::kEmpty) {
-        m_first = next_query_block<kBlockM, kBlockN>(seq, n_block, m_first, m_blocks);
-    }
+    // Work items are (query head, query block); the non-empty query blocks are the same for every head, each
+    // head walks them anew.
+    using Walk = TileWalk<kBlockM, kBlockN, /*kKeysDown=*/false>;
+    const int m_start = query_block_begin<kBlockM, kBlockN>(seq, n_block);
+    Walk walk(n_block, m_start, m_blocks);
+    TileKind kind;
+    int m_block = walk.next(seq, kind);
 
-    if (m_first < m_blocks) {
-        int head = head_q0, m_block = m_first, stage = 0;
+    if (m_block < m_blocks) {
+        int head = head_q0, stage = 0;
         load_q_do(head, m_block, 0);
         cute::cp_async_fence();
 
         while (true) {
             // Next work item, prefetched into the other stage when double-buffered.
-            int next_head = head, next_m = next_query_block<kBlockM, kBlockN>(seq, n_block, m_block, m_blocks);
-            if (next_m >= m_blocks) {
-                ++next_head;
-                next_m = m_first;
+            int next_head = head;
+            TileKind next_kind;
+            int next_m = walk.next(seq, next_kind);
+            if (next_m >= m_blocks && ++next_head < head_q0 + group) {
+                walk = Walk(n_block, m_start, m_blocks);
+                next_m = walk.next(seq, next_kind);
             }
             const bool has_next = next_head < head_q0 + group;
             if (kStages == 2 && has_next) {
@@ -228,18 +250,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
             __syncthreads();
 
             const int row0 = m_block * kBlockM;
-            const TileKind kind = classify_tile<kBlockM, kBlockN>(seq, m_block, n_block);
 
-            // Per-row softmax statistics: log2-domain LSE (+inf for rows that see nothing, so P = 0) and
-            // D = rowsum(dO * O) - dLSE.
+            // Per-row softmax statistics: log2-domain LSE (+inf for rows that see nothing or lie past the
+            // sequence, so P = 0) and D = rowsum(dO * O) - dLSE.
             float lse_log2[kRows], dsum[kRows];
 #pragma unroll
             for (int r = 0; r < kRows; ++r) {
-                const int row = row0 + get<0>(tScS_rc(r, 0));
-                const int64_t idx = int64_t(head) * params.shape.total_q + q_offset + row;
-                const float lse = row < seqlen_q ? params.softmax_lse[idx] : -INFINITY;
-                lse_log2[r] = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
-                dsum[r] = row < seqlen_q ? params.dsoftmax_sum[idx] : 0.f;
+                const int i = get<0>(tScS_rc(r, 0));
+                const float lse = rows.lse[stage][i];
+                lse_log2[r] = (row0 + i >= seqlen_q || lse == -INFINITY) ? INFINITY : lse * float(M_LOG2E);
+                dsum[r] = rows.dsum[stage][i];
             }
 
             Tensor acc_s = partition_fragment_C(mma_sdp, Shape<Int<kBlockM>, Int<kBlockN>>{});
@@ -255,7 +275,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
             Tensor s = acc_rowcol(acc_s);
             Tensor dp = acc_rowcol(acc_dp);
             if (kind == TileKind::kPartial) {
-                mask_tile(s, tScS_rc, row0, col0, seqlen_q, seqlen_k, seq.diag, start_q, end_k);
+                mask_tile</*kTransposed=*/false>(s, tScS_rc, row0, col0, seqlen_q, seqlen_k, seq.diag,
+                                                 has_tree ? rows.start_q[stage] : nullptr,
+                                                 has_tree ? rows.end_k : nullptr);
             }
 #pragma unroll
             for (int r = 0; r < kRows; ++r) {
@@ -329,6 +351,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
             }
             head = next_head;
             m_block = next_m;
+            kind = next_kind;
         }
     }
 

@@ -47,7 +47,18 @@ struct BwdTraits : Sm80TileCopies<kHeadDim_, kNWarps_ * 32, Element_> {
     static constexpr int kSmemKVBytes = kBlockN * kHeadDim * int(sizeof(Element));
     static constexpr int kSmemPBytes = kBlockM * kBlockN * int(sizeof(Element));
     // Q and dO (kStages each), K, V, P, dS.
-    static constexpr int kSmemBytes = 2 * kStages * kSmemQBytes + 2 * kSmemKVBytes + 2 * kSmemPBytes;
+    static constexpr int kSmemTileBytes = 2 * kStages * kSmemQBytes + 2 * kSmemKVBytes + 2 * kSmemPBytes;
+
+    // Per-row values loaded with the tiles they belong to (cp.async, in the same group), after the tiles:
+    // read from global memory right before use, their latency sat in every step.
+    struct RowData {
+        float lse[kStages][kBlockM];      // the forward's LSE of the stage's query rows (natural log)
+        float dsum[kStages][kBlockM];     // D = rowsum(dO * O) - dLSE of those rows
+        int start_q[kStages][kBlockM];    // their tree starts (tree masks only)
+        int end_k[kBlockN];               // tree ends of the CTA's keys (tree masks only)
+    };
+    static_assert(3 * kBlockM <= kNThreads && kBlockN <= kNThreads, "one row value per thread and stage");
+    static constexpr int kSmemBytes = kSmemTileBytes + int(sizeof(RowData));
 };
 
 template <int kHeadDim, typename Element>

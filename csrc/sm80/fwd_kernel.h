@@ -58,6 +58,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fwd_kernel(const __grid_
     Tensor sV = make_tensor(sK.data() + size(sK), typename Traits::SmemLayoutKV{});
     Tensor sVt = make_tensor(sV.data(), typename Traits::SmemLayoutVt{});
     Tensor sVtNoSwizzle = make_tensor(sV.data().get(), typename Traits::SmemLayoutVtNoSwizzle{});
+    auto &tree = *reinterpret_cast<typename Traits::TreeData *>(smem_raw + Traits::kSmemTileBytes);
 
     typename Traits::GmemCopyLoad gmem_copy;
     auto gmem_thr = gmem_copy.get_thread_slice(tid);
@@ -97,17 +98,33 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fwd_kernel(const __grid_
     const int row0 = m_block * kBlockM;
 
     // ---- mainloop over non-empty key blocks, last to first ----
-    int n_block = prev_key_block<kBlockM, kBlockN>(seq, m_block, key_block_end<kBlockM, kBlockN>(seq, m_block));
+    TileWalk<kBlockM, kBlockN, /*kKeysDown=*/true> walk(m_block, key_block_end<kBlockM, kBlockN>(seq, m_block) - 1, -1);
+    TileKind kind;
+    int n_block = walk.next(seq, kind);
     if (n_block >= 0) {
-        const int *start_q = has_tree ? params.tree_start_q + q_offset : nullptr;
-        const int *end_k = has_tree ? params.tree_end_k + k_offset : nullptr;
-
+        // K of key block n and the tree ends of its keys (zeros past the sequence), in the caller's group.
+        auto load_k = [&](int n) {
+            copy_tile_async(gmem_copy, tKgK(_, _, _, n), tKsK, tKVcKV, seqlen_k - n * kBlockN, head_dim);
+            if (has_tree) {
+                const int *end_k = params.tree_end_k + k_offset;
+                for (int j = tid; j < kBlockN; j += Traits::kNThreads) {
+                    const bool valid = n * kBlockN + j < seqlen_k;
+                    cp_async_4(&tree.end_k[j], end_k + (valid ? n * kBlockN + j : 0), valid);
+                }
+            }
+        };
         copy_tile_async(gmem_copy, tQgQ, tQsQ, tQcQ, seqlen_q - row0, head_dim);
-        copy_tile_async(gmem_copy, tKgK(_, _, _, n_block), tKsK, tKVcKV, seqlen_k - n_block * kBlockN, head_dim);
+        if (has_tree) {
+            const int *start_q = params.tree_start_q + q_offset;
+            for (int i = tid; i < kBlockM; i += Traits::kNThreads) {
+                const bool valid = row0 + i < seqlen_q;
+                cp_async_4(&tree.start_q[i], start_q + (valid ? row0 + i : 0), valid);
+            }
+        }
+        load_k(n_block);
         cute::cp_async_fence();
 
         while (n_block >= 0) {
-            const TileKind kind = classify_tile<kBlockM, kBlockN>(seq, m_block, n_block);
             Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
             clear(acc_s);
 
@@ -120,14 +137,17 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fwd_kernel(const __grid_
 
             Tensor scores = acc_rowcol(acc_s);
             if (kind == TileKind::kPartial) {
-                mask_tile(scores, tScS_rc, row0, n_block * kBlockN, seqlen_q, seqlen_k, seq.diag, start_q, end_k);
+                mask_tile</*kTransposed=*/false>(scores, tScS_rc, row0, n_block * kBlockN, seqlen_q, seqlen_k,
+                                                 seq.diag, has_tree ? tree.start_q : nullptr,
+                                                 has_tree ? tree.end_k : nullptr);
             }
 
-            const int n_next = prev_key_block<kBlockM, kBlockN>(seq, m_block, n_block);
+            TileKind next_kind;
+            const int n_next = walk.next(seq, next_kind);
             cute::cp_async_wait<0>();
-            __syncthreads();  // V[n] landed; every warp is done reading K[n]
+            __syncthreads();  // V[n] landed; every warp is done reading K[n] and its tree ends
             if (n_next >= 0) {
-                copy_tile_async(gmem_copy, tKgK(_, _, _, n_next), tKsK, tKVcKV, seqlen_k - n_next * kBlockN, head_dim);
+                load_k(n_next);
                 cute::cp_async_fence();
             }
 
@@ -138,6 +158,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fwd_kernel(const __grid_
             Tensor tOrP = make_tensor(p.data(), acc_as_a_operand_layout(p.layout()));
             gemm_rs(acc_o, tOrP, tOrVt, tOsVt, tiled_mma, smem_copy_v, smem_thr_v);
             n_block = n_next;
+            kind = next_kind;
         }
     }
 

@@ -73,7 +73,14 @@ struct FwdTraits : Sm80TileCopies<kHeadDim_, kNWarps_ * 32, Element_> {
         decltype(composition(SmemLayoutKV{}, make_layout(Shape<Int<kHeadDim>, Int<kBlockN>>{}, GenRowMajor{})));
     using SmemLayoutVtNoSwizzle = decltype(get_nonswizzle_portion(SmemLayoutVt{}));
 
-    static constexpr int kSmemBytes = (kBlockM + 2 * kBlockN) * kHeadDim * int(sizeof(Element));
+    static constexpr int kSmemTileBytes = (kBlockM + 2 * kBlockN) * kHeadDim * int(sizeof(Element));
+    // Tree values of the query block's rows and of the current key block's keys, loaded with Q and K
+    // (cp.async), after the tiles: a partial tile then masks from shared memory.
+    struct TreeData {
+        int start_q[kBlockM];
+        int end_k[kBlockN];
+    };
+    static constexpr int kSmemBytes = kSmemTileBytes + int(sizeof(TreeData));
 };
 
 // Tile configuration per head-dim bucket (tuned on H100/H200-class parts; fits A100 shared memory).

@@ -95,6 +95,13 @@ __forceinline__ __device__ void copy_tile_async(TiledCopy const &tiled_copy, S c
     }
 }
 
+// One 4-byte global -> shared cp.async, in the thread's current cp.async group; writes zero and reads nothing
+// when !valid (src must still be a valid address).
+__forceinline__ __device__ void cp_async_4(void *smem_dst, const void *gmem_src, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(cast_smem_ptr_to_uint(smem_dst)),
+                 "l"(gmem_src), "r"(valid ? 4 : 0));
+}
+
 // Shared -> global tile copy through registers, rows/columns outside the bounds are not written.
 template <class TiledCopy, class S, class D, class C>
 __forceinline__ __device__ void store_tile(TiledCopy const &tiled_copy, S const &src, D &dst, C const &coord,

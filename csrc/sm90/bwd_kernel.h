@@ -48,24 +48,32 @@ __forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMa
                                make_coord(n_block, _0{}));
         auto [tKgK, tKsK] = tma_partition(tma_k, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
         auto [tVgV, tVsV] = tma_partition(tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
-        TxBarrier::arrive_and_expect_tx(&smem.kv_full, 2 * Traits::kKVBytes);
+        TxBarrier::expect_transaction(&smem.kv_full, 2 * Traits::kKVBytes);
         copy(tma_k.with(smem.kv_full), tKgK, tKsK);
         copy(tma_v.with(smem.kv_full), tVgV, tVsV);
     }
+    // The tree ends of the block's keys while K and V load; the leader's arrival publishes all three.
+    const bool has_tree = seq.has_tree();
+    if (has_tree) {
+        for (int j = lane; j < kBlockN; j += 32) {
+            const int key = n_block * kBlockN + j;
+            smem.end_k[j] = key < seq.seqlen_k ? params.tree_end_k[k_offset + key] : kNoTreeEnd;
+        }
+    }
+    __syncwarp();
+    if (leader) TxBarrier::arrive(&smem.kv_full);
 
     const int seqlen_q = seq.seqlen_q;
     const int m_blocks = ceil_div(seqlen_q, kBlockM);
-    // The non-empty query blocks are the same for every query head of the group.
-    int m_first = query_block_begin<kBlockM, kBlockN>(seq, n_block);
-    if (m_first < m_blocks && classify_tile<kBlockM, kBlockN>(seq, m_first, n_block) == TileKind::kEmpty) {
-        m_first = next_query_block<kBlockM, kBlockN>(seq, n_block, m_first, m_blocks);
-    }
+    // The non-empty query blocks are the same for every query head of the group: each head walks them anew.
+    using Walk = TileWalk<kBlockM, kBlockN, /*kKeysDown=*/false>;
+    const int m_start = query_block_begin<kBlockM, kBlockN>(seq, n_block);
     const int group = sh.num_heads_q / sh.num_heads_kv;
     Tensor mQ_all = tma_q.get_tma_tensor(make_shape(sh.total_q, sh.head_dim, sh.num_heads_q));
     Tensor mdO_all = tma_do.get_tma_tensor(make_shape(sh.total_q, sh.head_dim, sh.num_heads_q));
 
     StageCursor<Traits::kStages> cur;
-    for (int head = head_kv * group; m_first < m_blocks && head < (head_kv + 1) * group; ++head) {
+    for (int head = head_kv * group; head < (head_kv + 1) * group; ++head) {
         Tensor gQ = local_tile(domain_offset(make_coord(q_offset, _0{}), mQ_all(_, _, head)),
                                Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(_, _0{}));  // (M, D, m_blocks)
         Tensor gdO = local_tile(domain_offset(make_coord(q_offset, _0{}), mdO_all(_, _, head)),
@@ -73,28 +81,32 @@ __forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMa
         auto [tQgQ, tQsQ] = tma_partition(tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
         auto [tdOgdO, tdOsdO] =
             tma_partition(tma_do, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sdO), group_modes<0, 2>(gdO));
-        for (int m_block = m_first; m_block < m_blocks;
-             m_block = next_query_block<kBlockM, kBlockN>(seq, n_block, m_block, m_blocks)) {
+        Walk walk(n_block, m_start, m_blocks);
+        TileKind kind;
+        for (int m_block = walk.next(seq, kind); m_block < m_blocks; m_block = walk.next(seq, kind)) {
             const int s = cur.stage;
             wait_empty(smem.q_empty[s], cur.phase);
             CUTE_UNROLL
             for (int i = lane; i < kBlockM; i += 32) {
                 const int row = m_block * kBlockM + i;
                 float lse_log2 = INFINITY, dsum = 0.f;
+                int start = kNoTreeStart;
                 if (row < seqlen_q) {
                     const int64_t idx = int64_t(head) * sh.total_q + q_offset + row;
                     const float lse = params.softmax_lse[idx];
                     lse_log2 = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
                     dsum = params.dsoftmax_sum[idx];
+                    if (has_tree) start = params.tree_start_q[q_offset + row];
                 }
                 smem.lse_log2[s][i] = lse_log2;
                 smem.dsum[s][i] = dsum;
+                smem.start_q[s][i] = start;
             }
             __syncwarp();  // the leader's arrive below publishes the whole warp's writes
             if (leader) {
                 smem.stage_head[s] = head;
                 smem.stage_block[s] = m_block;
-                smem.stage_kind[s] = static_cast<int>(classify_tile<kBlockM, kBlockN>(seq, m_block, n_block));
+                smem.stage_kind[s] = static_cast<int>(kind);
                 TxBarrier::arrive_and_expect_tx(&smem.q_full[s], 2 * Traits::kQBytes);
                 copy(tma_q.with(smem.q_full[s]), tQgQ(_, m_block), tQsQ(_, s));
                 copy(tma_do.with(smem.q_full[s]), tdOgdO(_, m_block), tdOsdO(_, s));
@@ -196,8 +208,6 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     const int col0 = n_block * kBlockN;
     const int head_dim = params.shape.head_dim;
     const bool has_tree = kCausal && seq.has_tree();
-    const int *start_q = has_tree ? params.tree_start_q + q_offset : nullptr;
-    const int *end_k = has_tree ? params.tree_end_k + k_offset : nullptr;
     constexpr uint32_t kDqHandshake = Traits::kConsumerThreads + 32;
 
     wait_full(smem.kv_full, 0);
@@ -221,7 +231,8 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
         warpgroup_fence_operand(acc_s);  // no read of S^T may move above the wait
         Tensor st = acc_rowcol(acc_s);
         if (kind == TileKind::kPartial) {
-            mask_tile_transposed(st, tScS_rc, row0, col0, seqlen_q, seqlen_k, seq.diag, start_q, end_k);
+            mask_tile</*kTransposed=*/true>(st, tScS_rc, row0, col0, seqlen_q, seqlen_k, seq.diag,
+                                            has_tree ? smem.start_q[s] : nullptr, has_tree ? smem.end_k : nullptr);
         }
         // Columns (c, c+1) are neighbouring queries, so their row statistics are one 8-byte load.
         CUTE_UNROLL

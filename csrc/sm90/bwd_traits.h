@@ -72,6 +72,10 @@ struct BwdTraits {
         // lies past the sequence, so P = 0 there) and D = rowsum(dO * O) - dLSE.
         alignas(16) float lse_log2[kStages][kBlockM];
         alignas(16) float dsum[kStages][kBlockM];
+        // Tree values (tree masks only), written by the producer: the starts of a stage's query rows, and
+        // the ends of the CTA's keys before it arrives on kv_full.
+        int start_q[kStages][kBlockM];
+        int end_k[kBlockN];
         // dQ of one step in fp32, handed from the consumers to the dQ writer warp (rows padded by 8 floats
         // so the consumers' column-pair stores of 8 rows fall in different banks).
         alignas(128) float dq[kBlockM][kHeadDim + 8];

@@ -61,13 +61,15 @@ __forceinline__ __device__ void produce(const FwdParams &params, const SeqMaskIn
     }
 
     StageCursor<Traits::kStages> cur;
-    int n_block = prev_key_block<kBlockM, kBlockN>(seq, m_block, key_block_end<kBlockM, kBlockN>(seq, m_block));
+    TileWalk<kBlockM, kBlockN, /*kKeysDown=*/true> walk(m_block, key_block_end<kBlockM, kBlockN>(seq, m_block) - 1, -1);
+    TileKind kind;
+    int n_block = walk.next(seq, kind);
     while (n_block >= 0) {
         const int s = cur.stage;
         wait_empty(smem.k_empty[s], cur.phase);
         if (leader) {
             smem.stage_block[s] = n_block;
-            smem.stage_kind[s] = static_cast<int>(classify_tile<kBlockM, kBlockN>(seq, m_block, n_block));
+            smem.stage_kind[s] = static_cast<int>(kind);
             TxBarrier::arrive_and_expect_tx(&smem.k_full[s], Traits::kKVBytes);
             copy(tma_k.with(smem.k_full[s]), tKgK(_, n_block), tKsK(_, s));
         }
@@ -76,7 +78,7 @@ __forceinline__ __device__ void produce(const FwdParams &params, const SeqMaskIn
             TxBarrier::arrive_and_expect_tx(&smem.v_full[s], Traits::kKVBytes);
             copy(tma_v.with(smem.v_full[s]), tVgV(_, n_block), tVsV(_, s));
         }
-        n_block = prev_key_block<kBlockM, kBlockN>(seq, m_block, n_block);
+        n_block = walk.next(seq, kind);
         cur.advance();
     }
     wait_empty(smem.k_empty[cur.stage], cur.phase);
@@ -139,7 +141,9 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
     // after k_full, before the stage is released and the producer may rewrite it.
     auto mask_if_partial = [&](TileKind kind, int n_block) {
         if (kind == TileKind::kPartial) {
-            mask_tile(scores, tScS_rc, row0, n_block * kBlockN, seqlen_q, seqlen_k, seq.diag, start_q, end_k);
+            const int col0 = n_block * kBlockN;
+            mask_tile</*kTransposed=*/false>(scores, tScS_rc, row0, col0, seqlen_q, seqlen_k, seq.diag,
+                                             has_tree ? start_q + row0 : nullptr, has_tree ? end_k + col0 : nullptr);
         }
     };
     // P in bf16/fp16, held in the A-operand layout of the PV wgmma (the same registers, reinterpreted).
