@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Tile statistics of the standard tree workloads (tools/workloads.json) for the kernels' tile shapes, on the CPU.
+
+For each workload and tile shape (query rows x keys): how many tiles are non-empty, how many of those are partial
+(need the element mask), the fraction of the non-empty tiles' area that is visible (query, key) pairs, and the
+non-empty tiles per CTA (a forward CTA owns a query block, a backward CTA a key block; custom shapes count per
+query block). Useful TFLOP/s count visible pairs only, so a kernel's tree figure over its dense-causal figure
+cannot exceed about this workload's visible fraction over the chain's; and a fixed cost per CTA weighs more where
+a CTA has fewer tiles.
+
+    python tools/tile_stats.py                       # every workload, the tile shapes of both kernel paths
+    python tools/tile_stats.py --workloads deep_64nodes_128to1024 --tiles 128x128
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_lib as bl  # noqa: E402
+
+# (name, query rows, keys, whether a CTA owns a key block) of the kernels' tiles at head dim 128.
+KERNEL_TILES = [("sm80 fwd", 128, 64, False), ("sm80 bwd", 64, 128, True), ("sm90 fwd", 128, 128, False),
+                ("sm90 bwd", 64, 128, True)]
+
+
+def tree_arrays(segments) -> tuple[np.ndarray, np.ndarray]:
+    """start_q and end_k of one tree (flash_tree_attn.tree.layout_from_segments), as numpy arrays."""
+    try:
+        from flash_tree_attn.tree import layout_from_segments
+    except ImportError:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from flash_tree_attn.tree import layout_from_segments
+    lay = layout_from_segments([segments], device=None)
+    return lay.start_q.numpy().astype(np.int64), lay.end_k.numpy().astype(np.int64)
+
+
+def tile_stats(start_q: np.ndarray, end_k: np.ndarray, block_m: int, block_n: int) -> dict:
+    """Causal tree mask of one sequence (query i sees key j iff j <= i and start_q[i] <= end_k[j]) cut into
+    block_m x block_n tiles."""
+    n = len(start_q)
+    n_blocks = -(-n // block_n)
+    cols_padded = n_blocks * block_n
+    end_pad = np.full(cols_padded, np.iinfo(np.int64).min)
+    end_pad[:n] = end_k
+    key = np.arange(cols_padded)
+    visible_pairs = area = full = partial = 0
+    per_query_block = []
+    per_key_block = np.zeros(n_blocks, dtype=np.int64)
+    for m0 in range(0, n, block_m):
+        rows = np.arange(m0, min(m0 + block_m, n))
+        ncols = min(-(-(rows[-1] + 1) // block_n), n_blocks) * block_n  # key blocks up to the diagonal
+        vis = (key[None, :ncols] <= rows[:, None]) & (start_q[rows][:, None] <= end_pad[None, :ncols])
+        counts = vis.reshape(len(rows), -1, block_n).sum(axis=(0, 2))
+        nonempty = counts > 0
+        visible_pairs += int(counts.sum())
+        area += int(nonempty.sum()) * block_m * block_n
+        # Full: every pair of the tile's rows and of its keys inside the sequence is visible (rows past the end
+        # are not computed on; keys past the end need the mask, as in classify_tile).
+        whole = (np.arange(len(counts)) + 1) * block_n <= n
+        is_full = whole & (counts == len(rows) * block_n)
+        full += int(is_full.sum())
+        partial += int((nonempty & ~is_full).sum())
+        per_query_block.append(int(nonempty.sum()))
+        per_key_block[: len(nonempty)] += nonempty
+    per_query_block = np.array(per_query_block)
+    return {"visible_pairs": visible_pairs, "tile_area": area, "visible_fraction": visible_pairs / max(area, 1),
+            "full": full, "partial": partial, "tiles_per_query_block": per_query_block,
+            "tiles_per_key_block": per_key_block}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workloads", help="comma-separated names (default: all of tools/workloads.json)")
+    ap.add_argument("--tiles", help="comma-separated MxN tile shapes (default: the kernels' head-dim-128 tiles)")
+    args = ap.parse_args(argv)
+    names = args.workloads.split(",") if args.workloads else bl.workload_names()
+    tiles = KERNEL_TILES
+    if args.tiles:
+        tiles = [(t, *map(int, t.lower().split("x")), False) for t in args.tiles.split(",")]
+    print(f"{'workload':26s} {'tiles':16s} {'visible':>8s} {'full':>7s} {'partial':>7s}  tiles per CTA")
+    for name in names:
+        start_q, end_k = tree_arrays(bl.build_workload(name))
+        for label, bm, bn, per_key_block in tiles:
+            s = tile_stats(start_q, end_k, bm, bn)
+            per_cta = s["tiles_per_key_block"] if per_key_block else s["tiles_per_query_block"]
+            print(f"{name:26s} {f'{label} {bm}x{bn}':16s} {s['visible_fraction']:8.3f} {s['full']:7d} {s['partial']:7d}  "
+                  f"mean {per_cta.mean():5.1f}, max {per_cta.max()}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
