@@ -6,7 +6,8 @@
 #   test      python3 -m pytest -m gpu -x -q                            -> $OUT/pytest.log
 #   test90    the kernel tests on the Hopper path (FLASH_TREE_ATTN_TEST_PATH=sm90) -> $OUT/pytest-sm90.log
 #   sanitize  compute-sanitizer memcheck + racecheck on tools/sanitizer_case.py, sm80 path; on Hopper also
-#             the sm90 path (memcheck gating, racecheck reported only) -> $OUT/sanitizer.log
+#             the sm90 path (memcheck gating, racecheck reported only) -> $OUT/sanitizer.log; the summary
+#             at the end shows it grouped by location (tools/sanitizer_summary.py)
 #   bench     python3 tools/bench.py          -> $OUT/bench.{json,png,txt,log}
 #   quick     python3 tools/bench.py --quick  -> $OUT/bench-quick.{json,png,txt,log}
 # Environment: OUT (default ./gpu_out), PYTHON (default python3), BENCH_ARGS (extra bench.py arguments,
@@ -114,6 +115,7 @@ echo "================================ summary ($((SECONDS - T0)) s, logs in $OU
 printf '%s\n' "${SUMMARY[@]}"
 for s in "${STAGES[@]}"; do
   case $s in
+    sanitize) [ -f "$OUT/sanitizer.log" ] && "$PY" tools/sanitizer_summary.py "$OUT/sanitizer.log" ;;
     bench) [ -f "$OUT/bench.txt" ] && cat "$OUT/bench.txt" ;;
     quick) [ -f "$OUT/bench-quick.txt" ] && cat "$OUT/bench-quick.txt" ;;
   esac
