@@ -790,6 +790,10 @@ def format_table(meta, rows, ratios, info, drift) -> str:
     L = []
     L.append("=" * 118)
     head = f"flash-tree-attn bench  {meta['date']}  {meta['gpu']}  torch {meta['torch']}  commit {meta['commit_short']}"
+    # The extension may be a prebuilt one (a copied .so, a wheel): name the tree it was built from too.
+    built_from = (meta.get("build_info") or {}).get("git_commit")
+    if built_from:
+        head += f"  extension built from {str(built_from)[:10]}"
     if meta["dry_run"]:
         head = "DRY-RUN (CPU, tiny sizes, attention_ref stands in for ours: NUMBERS MEANINGLESS)  " + head
     L.append(head)
