@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_lib as bl  # noqa: E402
@@ -27,48 +28,49 @@ KERNEL_TILES = [("sm80 fwd", 128, 64, False), ("sm80 bwd", 64, 128, True), ("sm9
                 ("sm90 bwd", 64, 128, True)]
 
 
-def tree_arrays(segments) -> tuple[np.ndarray, np.ndarray]:
-    """start_q and end_k of one tree (flash_tree_attn.tree.layout_from_segments), as numpy arrays."""
+def _package():
     try:
-        from flash_tree_attn.tree import layout_from_segments
+        import flash_tree_attn
     except ImportError:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from flash_tree_attn.tree import layout_from_segments
-    lay = layout_from_segments([segments], device=None)
-    return lay.start_q.numpy().astype(np.int64), lay.end_k.numpy().astype(np.int64)
+        import flash_tree_attn
+    return flash_tree_attn
 
 
-def tile_stats(start_q: np.ndarray, end_k: np.ndarray, block_m: int, block_n: int) -> dict:
-    """Causal tree mask of one sequence (query i sees key j iff j <= i and start_q[i] <= end_k[j]) cut into
-    block_m x block_n tiles."""
+def tree_arrays(segments) -> tuple[torch.Tensor, torch.Tensor]:
+    """start_q and end_k of one tree (flash_tree_attn.tree.layout_from_segments)."""
+    lay = _package().tree.layout_from_segments([segments], device=None)
+    return lay.start_q, lay.end_k
+
+
+def tile_stats(start_q, end_k, block_m: int, block_n: int) -> dict:
+    """The causal tree mask of one sequence (flash_tree_attn.reference.visible_mask) cut into block_m x block_n
+    tiles."""
+    visible_mask = _package().reference.visible_mask
     n = len(start_q)
     n_blocks = -(-n // block_n)
-    cols_padded = n_blocks * block_n
-    end_pad = np.full(cols_padded, np.iinfo(np.int64).min)
-    end_pad[:n] = end_k
-    key = np.arange(cols_padded)
     visible_pairs = area = full = partial = 0
     per_query_block = []
     per_key_block = np.zeros(n_blocks, dtype=np.int64)
     for m0 in range(0, n, block_m):
-        rows = np.arange(m0, min(m0 + block_m, n))
-        ncols = min(-(-(rows[-1] + 1) // block_n), n_blocks) * block_n  # key blocks up to the diagonal
-        vis = (key[None, :ncols] <= rows[:, None]) & (start_q[rows][:, None] <= end_pad[None, :ncols])
-        counts = vis.reshape(len(rows), -1, block_n).sum(axis=(0, 2))
+        m1 = min(m0 + block_m, n)
+        tiles = min(-(-m1 // block_n), n_blocks)  # key blocks up to the diagonal
+        vis = visible_mask(n, n, True, start_q, end_k, rows=(m0, m1))[:, : tiles * block_n]
+        vis = torch.nn.functional.pad(vis, (0, tiles * block_n - vis.shape[1]))  # keys past the sequence: hidden
+        counts = vis.reshape(m1 - m0, tiles, block_n).sum(dim=(0, 2)).numpy()
         nonempty = counts > 0
         visible_pairs += int(counts.sum())
         area += int(nonempty.sum()) * block_m * block_n
         # Full: every pair of the tile's rows and of its keys inside the sequence is visible (rows past the end
         # are not computed on; keys past the end need the mask, as in classify_tile).
-        whole = (np.arange(len(counts)) + 1) * block_n <= n
-        is_full = whole & (counts == len(rows) * block_n)
+        whole = (np.arange(tiles) + 1) * block_n <= n
+        is_full = whole & (counts == (m1 - m0) * block_n)
         full += int(is_full.sum())
         partial += int((nonempty & ~is_full).sum())
         per_query_block.append(int(nonempty.sum()))
-        per_key_block[: len(nonempty)] += nonempty
-    per_query_block = np.array(per_query_block)
+        per_key_block[:tiles] += nonempty
     return {"visible_pairs": visible_pairs, "tile_area": area, "visible_fraction": visible_pairs / max(area, 1),
-            "full": full, "partial": partial, "tiles_per_query_block": per_query_block,
+            "full": full, "partial": partial, "tiles_per_query_block": np.array(per_query_block),
             "tiles_per_key_block": per_key_block}
 
 
