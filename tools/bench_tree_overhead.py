@@ -15,11 +15,10 @@ from pathlib import Path
 
 import torch
 
-try:
-    import flash_tree_attn as fta
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    import flash_tree_attn as fta
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import import_package  # noqa: E402
+
+fta = import_package()
 
 
 def measure(name: str, batch: int, seqlen: int, hq: int, hkv: int, tree: bool, d: int = 128) -> str:

@@ -22,31 +22,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_lib as bl  # noqa: E402
+from bench import import_package  # noqa: E402
 
 # (name, query rows, keys, whether a CTA owns a key block) of the kernels' tiles at head dim 128.
 KERNEL_TILES = [("sm80 fwd", 128, 64, False), ("sm80 bwd", 64, 128, True), ("sm90 fwd", 128, 128, False),
                 ("sm90 bwd", 64, 128, True)]
 
 
-def _package():
-    try:
-        import flash_tree_attn
-    except ImportError:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        import flash_tree_attn
-    return flash_tree_attn
-
-
 def tree_arrays(segments) -> tuple[torch.Tensor, torch.Tensor]:
     """start_q and end_k of one tree (flash_tree_attn.tree.layout_from_segments)."""
-    lay = _package().tree.layout_from_segments([segments], device=None)
+    lay = import_package().tree.layout_from_segments([segments], device=None)
     return lay.start_q, lay.end_k
 
 
 def tile_stats(start_q, end_k, block_m: int, block_n: int) -> dict:
     """The causal tree mask of one sequence (flash_tree_attn.reference.visible_mask) cut into block_m x block_n
     tiles."""
-    visible_mask = _package().reference.visible_mask
+    visible_mask = import_package().reference.visible_mask
     n = len(start_q)
     n_blocks = -(-n // block_n)
     visible_pairs = area = full = partial = 0
