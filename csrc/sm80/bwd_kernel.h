@@ -117,10 +117,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
         Tensor tVsV = gmem_thr.partition_D(sV);
         copy_tile_async(gmem_copy, gmem_thr.partition_S(gK), tKsK, tKVcKV, seqlen_k - col0, head_dim);
         copy_tile_async(gmem_copy, gmem_thr.partition_S(gV), tVsV, tKVcKV, seqlen_k - col0, head_dim);
-        if (has_tree && tid < kBlockN) {
-            const bool valid = col0 + tid < seqlen_k;
-            cp_async_4(&rows.end_k[tid], end_k + (valid ? col0 + tid : 0), valid);
-        }
+        if (has_tree) copy_values_async<kBlockN, Traits::kNThreads>(rows.end_k, end_k, col0, seqlen_k, tid);
     }
 
     // Q and dO tiles of (query head, query block), and their rows' LSE, D and tree starts (zeros past the

@@ -106,20 +106,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fwd_kernel(const __grid_
         auto load_k = [&](int n) {
             copy_tile_async(gmem_copy, tKgK(_, _, _, n), tKsK, tKVcKV, seqlen_k - n * kBlockN, head_dim);
             if (has_tree) {
-                const int *end_k = params.tree_end_k + k_offset;
-                for (int j = tid; j < kBlockN; j += Traits::kNThreads) {
-                    const bool valid = n * kBlockN + j < seqlen_k;
-                    cp_async_4(&tree.end_k[j], end_k + (valid ? n * kBlockN + j : 0), valid);
-                }
+                copy_values_async<kBlockN, Traits::kNThreads>(tree.end_k, params.tree_end_k + k_offset, n * kBlockN,
+                                                              seqlen_k, tid);
             }
         };
         copy_tile_async(gmem_copy, tQgQ, tQsQ, tQcQ, seqlen_q - row0, head_dim);
         if (has_tree) {
-            const int *start_q = params.tree_start_q + q_offset;
-            for (int i = tid; i < kBlockM; i += Traits::kNThreads) {
-                const bool valid = row0 + i < seqlen_q;
-                cp_async_4(&tree.start_q[i], start_q + (valid ? row0 + i : 0), valid);
-            }
+            copy_values_async<kBlockM, Traits::kNThreads>(tree.start_q, params.tree_start_q + q_offset, row0, seqlen_q,
+                                                          tid);
         }
         load_k(n_block);
         cute::cp_async_fence();

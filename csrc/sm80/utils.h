@@ -102,6 +102,21 @@ __forceinline__ __device__ void cp_async_4(void *smem_dst, const void *gmem_src,
                  "l"(gmem_src), "r"(valid ? 4 : 0));
 }
 
+// dst[j] = src[first + j] for j < kCount, by 4-byte cp.async spread over the kThreads threads of the CTA (this
+// one is tid), zero where first + j >= limit: the tree values of a tile's rows or keys, loaded in the same
+// cp.async group as the tile.
+template <int kCount, int kThreads>
+__forceinline__ __device__ void copy_values_async(int *dst, const int *src, int first, int limit, int tid) {
+    CUTE_UNROLL
+    for (int it = 0; it < (kCount + kThreads - 1) / kThreads; ++it) {
+        const int j = tid + it * kThreads;
+        if (kCount % kThreads == 0 || j < kCount) {
+            const bool valid = first + j < limit;
+            cp_async_4(&dst[j], src + (valid ? first + j : 0), valid);
+        }
+    }
+}
+
 // Shared -> global tile copy through registers, rows/columns outside the bounds are not written.
 template <class TiledCopy, class S, class D, class C>
 __forceinline__ __device__ void store_tile(TiledCopy const &tiled_copy, S const &src, D &dst, C const &coord,

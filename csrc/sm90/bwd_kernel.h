@@ -4,7 +4,7 @@
 // softmax statistics into a two-stage ring. Each consumer warpgroup owns 64 keys: S^T and dP^T by wgmma
 // from shared memory, P^T and dS^T in registers, dV and dK accumulated by register-A wgmma over all work
 // items; dS^T is staged in shared memory so both warpgroups compute half of dQ = dS K, which a second
-// producer-side warp adds to the fp32 dQ accumulator (write_dq).
+// producer-side warp adds to the fp32 dQ accumulator by TMA (write_dq).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -126,33 +126,30 @@ __forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMa
 // the dQ tile handshake between the consumers and the dQ writer warp.
 enum BwdBarrier : uint32_t { kDsReady = 0, kDqFull = 1, kDqEmpty = 2 };
 
-// One bulk asynchronous reduce-add of `bytes` (a multiple of 16) from shared to global fp32.
-__forceinline__ __device__ void bulk_reduce_add(float *gmem, const float *smem, uint32_t bytes) {
-    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;" ::"l"(gmem),
-                 "r"(cute::cast_smem_ptr_to_uint(smem)), "r"(bytes)
-                 : "memory");
-}
-
-// dQ writer warp: adds every dQ tile the consumers publish to the fp32 accumulator, one bulk reduce-add per
-// query row (a row's head dim is contiguous there), and frees the buffer once the copies have read it.
-template <typename Traits, class Storage>
-__forceinline__ __device__ void write_dq(const BwdParams &params, Storage &smem, int q_offset, int seqlen_q) {
+// dQ writer warp: adds every dQ tile the consumers publish to the fp32 accumulator with one TMA reduce-add
+// (its rows past the sequence hold zeros, so the adds they make to the next sequence's rows change nothing;
+// rows past the array are clipped), and frees the buffer once TMA has read it.
+template <typename Traits, class TmaDQ, class Storage>
+__forceinline__ __device__ void write_dq(const BwdParams &params, Storage &smem, TmaDQ const &tma_dq, int q_offset) {
     constexpr uint32_t kHandshake = Traits::kConsumerThreads + 32;
-    const int lane = threadIdx.x % 32;
-    const uint32_t row_bytes = uint32_t(params.shape.head_dim) * sizeof(float);
-    const int64_t row_stride = int64_t(params.shape.num_heads_q) * Traits::kHeadDim;
+    const auto &sh = params.shape;
+    Tensor mdQ = tma_dq.get_tma_tensor(make_shape(sh.total_q, Int<Traits::kHeadDim>{}, sh.num_heads_q));
+    Tensor sdQ = make_tensor(make_smem_ptr(smem.dq), typename Traits::SmemLayoutdQ{});
     cutlass::arch::NamedBarrier::arrive(kHandshake, kDqEmpty);  // the buffer starts free
     while (true) {
         cutlass::arch::NamedBarrier::sync(kHandshake, kDqFull);
         const int head = smem.dq_head;
         if (head < 0) break;
-        const int row0 = smem.dq_row0;
-        for (int r = lane; r < Traits::kBlockM && row0 + r < seqlen_q; r += 32) {
-            bulk_reduce_add(params.dq_accum + int64_t(q_offset + row0 + r) * row_stride + int64_t(head) * Traits::kHeadDim,
-                            &smem.dq[r][0], row_bytes);
+        if (threadIdx.x % 32 == 0) {
+            Tensor gdQ = local_tile(domain_offset(make_coord(q_offset + smem.dq_row0, _0{}), mdQ(_, _, head)),
+                                    Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>{}, make_coord(_0{}, _0{}));
+            auto [tdQgdQ, tdQsdQ] = tma_partition(tma_dq, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sdQ),
+                                                  group_modes<0, 2>(gdQ));
+            copy(tma_dq, tdQsdQ, tdQgdQ);
+            tma_store_arrive();   // commit the reduce-add
+            tma_store_wait<0>();  // ... and wait until it has read shared memory
         }
-        tma_store_arrive();   // commit this warp's bulk group
-        tma_store_wait<0>();  // ... and wait until it has read shared memory
+        __syncwarp();
         cutlass::arch::NamedBarrier::arrive(kHandshake, kDqEmpty);
     }
     asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");  // writes complete before the CTA retires
@@ -193,15 +190,15 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);    // dQ = dS K, (MMA, MMA_M, MMA_K, buffers)
     Tensor tdQrK = thr_dq.partition_fragment_B(sKt);
     Tensor tdSsdS = thr_sdp.partition_C(sdSt);           // where this thread's dS^T values go
+    Tensor tdQsdQ = thr_dq.partition_C(make_tensor(make_smem_ptr(smem.dq), typename Traits::SmemLayoutdQ{}));
 
     Tensor acc_dk = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
     Tensor acc_dv = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
     clear(acc_dk);
     clear(acc_dv);
 
-    // Tile-local (key, query) of every S^T value this thread holds, and (query, dim) of its dQ values.
+    // Tile-local (key, query) of every S^T value this thread holds.
     Tensor tScS_rc = acc_rowcol(thr_sdp.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kBlockM>>{})));
-    Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
 
     const int seqlen_q = seq.seqlen_q;
     const int seqlen_k = seq.seqlen_k;
@@ -294,15 +291,14 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
         // Hand dQ to the writer warp once it has finished reading the previous tile.
         cutlass::arch::NamedBarrier::sync(kDqHandshake, kDqEmpty);
         CUTE_UNROLL
-        for (int i = 0; i < size(acc_dq); i += 2) {  // (i, i+1) are neighbouring columns
-            *reinterpret_cast<float2 *>(&smem.dq[get<0>(tdQcdQ(i))][get<1>(tdQcdQ(i))]) =
-                make_float2(acc_dq(i), acc_dq(i + 1));
+        for (int i = 0; i < size(acc_dq); i += 2) {  // (i, i+1): neighbouring columns, the swizzle keeps them so
+            *reinterpret_cast<float2 *>(&tdQsdQ(i)) = make_float2(acc_dq(i), acc_dq(i + 1));
         }
         if (tid == 0) {
             smem.dq_head = head;
             smem.dq_row0 = row0;
         }
-        cutlass::arch::fence_view_async_shared();  // visible to the bulk copies (async proxy)
+        cutlass::arch::fence_view_async_shared();  // visible to TMA (async proxy)
         cutlass::arch::NamedBarrier::arrive(kDqHandshake, kDqFull);
         cur.advance();
     }
@@ -340,11 +336,11 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     store(rdV, params.dv, params.dv_row_stride, params.dv_head_stride);
 }
 
-template <typename Traits, bool kCausal, class TmaQ, class TmaDO, class TmaK, class TmaV>
+template <typename Traits, bool kCausal, class TmaQ, class TmaDO, class TmaK, class TmaV, class TmaDQ>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     bwd_kernel(const __grid_constant__ BwdParams params, const __grid_constant__ TmaQ tma_q,
                const __grid_constant__ TmaDO tma_do, const __grid_constant__ TmaK tma_k,
-               const __grid_constant__ TmaV tma_v) {
+               const __grid_constant__ TmaV tma_v, const __grid_constant__ TmaDQ tma_dq) {
 #if defined(__CUDA_ARCH__) && !defined(CUTE_ARCH_MMA_SM90A_ENABLED)
     __trap();  // see fwd_kernel: only the sm_90a code is ever launched
 #else
@@ -380,7 +376,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         if (threadIdx.x < 32) {
             produce_bwd<Traits>(params, seq, smem, tma_q, tma_do, tma_k, tma_v, n_block, head_kv, q_offset, k_offset);
         } else if (threadIdx.x < 64) {
-            write_dq<Traits>(params, smem, q_offset, seqlen_q);
+            write_dq<Traits>(params, smem, tma_dq, q_offset);
         }
     } else {
         cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();

@@ -16,7 +16,7 @@ using namespace cute;
 // warpgroup holds whole key rows: P^T and dS^T then feed dV += P^T dO and dK += dS^T Q straight from
 // registers, and dK/dV stay in registers for the whole CTA. dQ = dS K needs every key, so dS^T goes through
 // shared memory and the two warpgroups split dQ's head dim; the dQ tile then goes through shared memory to a
-// writer warp of the producer warpgroup, which adds it to the fp32 accumulator with bulk reduce-adds, so the
+// writer warp of the producer warpgroup, which adds it to the fp32 accumulator with TMA reduce-adds, so the
 // consumers never wait on global atomics.
 template <int kHeadDim_, typename Element_>
 struct BwdTraits {
@@ -61,6 +61,9 @@ struct BwdTraits {
                                                 Shape<Int<kBlockM>, Int<kBlockN>, _2>{}));
     using SmemLayoutdSt = decltype(composition(
         SmemLayoutdS{}, make_ordered_layout(Shape<Int<kBlockN>, Int<kBlockM>, _2>{}, Step<_2, _1, _3>{})));
+    // dQ of one step in fp32, 128-byte swizzled: the consumers' column-pair stores of 8 rows fall in different
+    // banks, and TMA reads it as boxes of 32 columns.
+    using SmemLayoutdQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<float>{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
 
     struct SharedStorage {
         alignas(1024) Element k[cosize_v<SmemLayoutK>];
@@ -76,9 +79,8 @@ struct BwdTraits {
         // the ends of the CTA's keys before it arrives on kv_full.
         int start_q[kStages][kBlockM];
         int end_k[kBlockN];
-        // dQ of one step in fp32, handed from the consumers to the dQ writer warp (rows padded by 8 floats
-        // so the consumers' column-pair stores of 8 rows fall in different banks).
-        alignas(128) float dq[kBlockM][kHeadDim + 8];
+        // dQ of one step, handed from the consumers to the dQ writer warp.
+        alignas(1024) float dq[cosize_v<SmemLayoutdQ>];
         int dq_head;  // query head of the tile in dq, or -1: no more tiles
         int dq_row0;  // first query row (sequence-local) of the tile in dq
         alignas(8) uint64_t kv_full;
