@@ -122,9 +122,9 @@ __forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMa
 }
 
 // Named barriers of the backward (ids above the one hardware barrier __syncthreads uses are offset by
-// CUTLASS's NamedBarrier). kDsReady: the consumers' dS^T halves are in shared memory. kDqFull / kDqEmpty:
-// the dQ tile handshake between the consumers and the dQ writer warp.
-enum BwdBarrier : uint32_t { kDsReady = 0, kDqFull = 1, kDqEmpty = 2 };
+// CUTLASS's NamedBarrier). kDsReady: the consumers' dS^T halves are in shared memory. kDqFull + b /
+// kDqEmpty + b: the handshake between the consumers and the dQ writer warp over dQ buffer b.
+enum BwdBarrier : uint32_t { kDsReady = 0, kDqFull = 1, kDqEmpty = 3 };
 
 // dQ writer warp: adds every dQ tile the consumers publish to the fp32 accumulator with one TMA reduce-add
 // (its rows past the sequence hold zeros, so the adds they make to the next sequence's rows change nothing;
@@ -134,14 +134,15 @@ __forceinline__ __device__ void write_dq(const BwdParams &params, Storage &smem,
     constexpr uint32_t kHandshake = Traits::kConsumerThreads + 32;
     const auto &sh = params.shape;
     Tensor mdQ = tma_dq.get_tma_tensor(make_shape(sh.total_q, Int<Traits::kHeadDim>{}, sh.num_heads_q));
-    Tensor sdQ = make_tensor(make_smem_ptr(smem.dq), typename Traits::SmemLayoutdQ{});
-    cutlass::arch::NamedBarrier::arrive(kHandshake, kDqEmpty);  // the buffer starts free
-    while (true) {
-        cutlass::arch::NamedBarrier::sync(kHandshake, kDqFull);
-        const int head = smem.dq_head;
+    cutlass::arch::NamedBarrier::arrive(kHandshake, kDqEmpty + 0);  // both buffers start free
+    cutlass::arch::NamedBarrier::arrive(kHandshake, kDqEmpty + 1);
+    for (int b = 0;; b ^= 1) {
+        cutlass::arch::NamedBarrier::sync(kHandshake, kDqFull + b);
+        const int head = smem.dq_head[b];
         if (head < 0) break;
         if (threadIdx.x % 32 == 0) {
-            Tensor gdQ = local_tile(domain_offset(make_coord(q_offset + smem.dq_row0, _0{}), mdQ(_, _, head)),
+            Tensor sdQ = make_tensor(make_smem_ptr(smem.dq[b]), typename Traits::SmemLayoutdQ{});
+            Tensor gdQ = local_tile(domain_offset(make_coord(q_offset + smem.dq_row0[b], _0{}), mdQ(_, _, head)),
                                     Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>{}, make_coord(_0{}, _0{}));
             auto [tdQgdQ, tdQsdQ] = tma_partition(tma_dq, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sdQ),
                                                   group_modes<0, 2>(gdQ));
@@ -150,7 +151,7 @@ __forceinline__ __device__ void write_dq(const BwdParams &params, Storage &smem,
             tma_store_wait<0>();  // ... and wait until it has read shared memory
         }
         __syncwarp();
-        cutlass::arch::NamedBarrier::arrive(kHandshake, kDqEmpty);
+        cutlass::arch::NamedBarrier::arrive(kHandshake, kDqEmpty + b);
     }
     asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");  // writes complete before the CTA retires
 }
@@ -190,7 +191,7 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);    // dQ = dS K, (MMA, MMA_M, MMA_K, buffers)
     Tensor tdQrK = thr_dq.partition_fragment_B(sKt);
     Tensor tdSsdS = thr_sdp.partition_C(sdSt);           // where this thread's dS^T values go
-    Tensor tdQsdQ = thr_dq.partition_C(make_tensor(make_smem_ptr(smem.dq), typename Traits::SmemLayoutdQ{}));
+    Tensor tdQsdQ0 = thr_dq.partition_C(make_tensor(make_smem_ptr(smem.dq[0]), typename Traits::SmemLayoutdQ{}));
 
     Tensor acc_dk = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
     Tensor acc_dv = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
@@ -209,7 +210,8 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
 
     wait_full(smem.kv_full, 0);
     StageCursor<Traits::kStages> cur;
-    for (int step = 0;; ++step) {
+    int step = 0;
+    for (;; ++step) {
         const int s = cur.stage;
         wait_full(smem.q_full[s], cur.phase);
         const int m_block = smem.stage_block[s];
@@ -288,23 +290,25 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
         warpgroup_fence_operand(acc_dv);
         release(smem.q_empty[s]);
 
-        // Hand dQ to the writer warp once it has finished reading the previous tile.
-        cutlass::arch::NamedBarrier::sync(kDqHandshake, kDqEmpty);
+        // Hand dQ to the writer warp once it has finished reading the tile of two steps ago from this buffer.
+        cutlass::arch::NamedBarrier::sync(kDqHandshake, kDqEmpty + buf);
+        float *dq_buf = smem.dq[buf];
         CUTE_UNROLL
         for (int i = 0; i < size(acc_dq); i += 2) {  // (i, i+1): neighbouring columns, the swizzle keeps them so
-            *reinterpret_cast<float2 *>(&tdQsdQ(i)) = make_float2(acc_dq(i), acc_dq(i + 1));
+            *reinterpret_cast<float2 *>(dq_buf + (&tdQsdQ0(i) - smem.dq[0])) = make_float2(acc_dq(i), acc_dq(i + 1));
         }
         if (tid == 0) {
-            smem.dq_head = head;
-            smem.dq_row0 = row0;
+            smem.dq_head[buf] = head;
+            smem.dq_row0[buf] = row0;
         }
         cutlass::arch::fence_view_async_shared();  // visible to TMA (async proxy)
-        cutlass::arch::NamedBarrier::arrive(kDqHandshake, kDqFull);
+        cutlass::arch::NamedBarrier::arrive(kDqHandshake, kDqFull + buf);
         cur.advance();
     }
-    cutlass::arch::NamedBarrier::sync(kDqHandshake, kDqEmpty);
-    if (tid == 0) smem.dq_head = -1;
-    cutlass::arch::NamedBarrier::arrive(kDqHandshake, kDqFull);
+    // The end marker goes where the writer looks next: the buffer of step `step`.
+    cutlass::arch::NamedBarrier::sync(kDqHandshake, kDqEmpty + (step & 1));
+    if (tid == 0) smem.dq_head[step & 1] = -1;
+    cutlass::arch::NamedBarrier::arrive(kDqHandshake, kDqFull + (step & 1));
 
     // ---- epilogue: dK (scaled) and dV, column pairs, key rows and head dim predicated ----
     Tensor tdKcdK_rc =
