@@ -292,6 +292,7 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
 
         // Hand dQ to the writer warp once it has finished reading the tile of two steps ago from this buffer.
         cutlass::arch::NamedBarrier::sync(kDqHandshake, kDqEmpty + buf);
+        // tdQsdQ0 partitions buffer 0; its offsets address buffer `buf` as well.
         float *dq_buf = smem.dq[buf];
         CUTE_UNROLL
         for (int i = 0; i < size(acc_dq); i += 2) {  // (i, i+1): neighbouring columns, the swizzle keeps them so
