@@ -55,3 +55,32 @@ def test_main_refuses_missing_files_and_out_json(tmp_path, capsys):
     with pytest.raises(SystemExit):
         ab_bench.main(["--variant", f"a={so}", "--", "--out-json", "x.json"])
     assert "--out-json" in capsys.readouterr().err
+
+
+def test_main_alternates_variants_and_restores_the_extension(tmp_path, monkeypatch, capsys):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    monkeypatch.setattr(ab_bench, "EXTENSION", pkg / "_C.abi3.so")
+    monkeypatch.setattr(ab_bench, "BUILD_INFO", pkg / "_build_info.json")
+    ab_bench.EXTENSION.write_bytes(b"original")
+    a, b = tmp_path / "a.so", tmp_path / "b.so"
+    a.write_bytes(b"1")
+    b.write_bytes(b"2")
+    seen = []
+
+    def fake_run(cmd, **kwargs):  # a bench.py run: reports the extension in place as its TFLOP/s
+        value = float(ab_bench.EXTENSION.read_bytes())
+        seen.append(value)
+        out = Path(cmd[cmd.index("--out-json") + 1])
+        out.write_text(ab_bench.json.dumps({"rows": [{"workload": "w", "method": "ours_sm90", "status": "ok",
+                                                      "fwd_tflops": value, "fwdbwd_tflops": value}]}))
+        return ab_bench.subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(ab_bench.subprocess, "run", fake_run)
+    assert ab_bench.main(["--variant", f"a={a}", "--variant", f"b={b}", "--rounds", "2", "--", "--quick"]) == 0
+    assert seen == [1.0, 2.0, 1.0, 2.0]
+    assert ab_bench.EXTENSION.read_bytes() == b"original"
+    assert not ab_bench.BUILD_INFO.exists()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].split() == ["a", "1.0", "/", "1.0", "1.0", "/", "1.0"]
+    assert lines[-1].split() == ["b", "2.0", "/", "2.0", "2.0", "/", "2.0"]

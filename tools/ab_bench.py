@@ -12,7 +12,8 @@ in DEST; a head-dim / dtype subset keeps that short), carry them to the GPU mach
         --rounds 2 -- --quick --paths sm90 --only ours,dense_ours --workloads chain_causal_16384
 
 Everything after `--` goes to tools/bench.py (not --out-json: each run writes its own). The extension that
-was in place (and its build info) is put back at the end, also after an error or Ctrl-C.
+was in place (and its build info) is put back at the end, also after an error or Ctrl-C; where there was none,
+none is left.
 """
 from __future__ import annotations
 
@@ -107,8 +108,11 @@ def main(argv=None) -> int:
                         print(r.stdout[-1500:] + r.stderr[-1500:], file=sys.stderr)
                     results[name].append(rows)
         finally:
-            for p, keep in saved.items():
-                shutil.copy2(keep, p)
+            for p in (EXTENSION, BUILD_INFO):
+                if p in saved:
+                    shutil.copy2(saved[p], p)
+                else:
+                    p.unlink(missing_ok=True)
     print(table(results))
     return 0
 
