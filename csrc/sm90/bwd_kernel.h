@@ -127,8 +127,9 @@ __forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMa
 enum BwdBarrier : uint32_t { kDsReady = 0, kDqFull = 1, kDqEmpty = 3 };
 
 // dQ writer warp: adds every dQ tile the consumers publish to the fp32 accumulator with one TMA reduce-add
-// (its rows past the sequence hold zeros, so the adds they make to the next sequence's rows change nothing;
-// rows past the array are clipped), and frees the buffer once TMA has read it.
+// (its rows past the sequence hold zeros while the scores are finite, P being 0 there, so the adds they make
+// to the next sequence's rows change nothing; rows past the array are clipped), and frees the buffer once TMA
+// has read it.
 template <typename Traits, class TmaDQ, class Storage>
 __forceinline__ __device__ void write_dq(const BwdParams &params, Storage &smem, TmaDQ const &tma_dq, int q_offset) {
     constexpr uint32_t kHandshake = Traits::kConsumerThreads + 32;
