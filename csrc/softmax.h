@@ -34,6 +34,9 @@ __forceinline__ __device__ float quad_sum(float x) {
 // backward stage them in shared memory with the tile, so that a partial tile does not wait on global loads;
 // the sm90 forward passes global memory (staging them through its producer warp measured slower on a chain).
 // The values of the view's rows are read once into registers, those of its columns inside the loop.
+// A transposed tile also masks its queries past the sequence: the sm90 backward, the only kernel that computes
+// S^T, loads whole query tiles by TMA, so those are the next sequence's rows, and their scores against this
+// sequence's keys may overflow (the kernel marks a query block that runs past the sequence partial).
 template <bool kTransposed, class S, class C>
 __forceinline__ __device__ void mask_tile(S &scores, C const &coord, int row0, int col0, int seqlen_q, int seqlen_k,
                                           int diag, const int *tile_start_q, const int *tile_end_k) {
@@ -54,13 +57,15 @@ __forceinline__ __device__ void mask_tile(S &scores, C const &coord, int row0, i
     for (int c = 0; c < size<1>(scores); ++c) {
         const int j = get<1>(coord(0, c));
         const int col_tree = kTransposed ? start_of(j) : end_of(j);
+        const bool query_in_sequence = !kTransposed || row0 + j < seqlen_q;
 #pragma unroll
         for (int r = 0; r < kRows; ++r) {
             const int i = get<0>(coord(r, 0));
             const int query = row0 + (kTransposed ? j : i);
             const int key = col0 + (kTransposed ? i : j);
-            const bool visible = kTransposed ? key_visible(query, key, seqlen_k, diag, col_tree, row_tree[r])
-                                             : key_visible(query, key, seqlen_k, diag, row_tree[r], col_tree);
+            const bool visible = kTransposed
+                                     ? query_in_sequence && key_visible(query, key, seqlen_k, diag, col_tree, row_tree[r])
+                                     : key_visible(query, key, seqlen_k, diag, row_tree[r], col_tree);
             if (!visible) scores(r, c) = -INFINITY;
         }
     }

@@ -84,6 +84,9 @@ __forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMa
         Walk walk(n_block, m_start, m_blocks);
         TileKind kind;
         for (int m_block = walk.next(seq, kind); m_block < m_blocks; m_block = walk.next(seq, kind)) {
+            // TMA loads the whole tile: the rows of a query block that runs past the sequence are the next
+            // sequence's, and the element mask keeps them out (mask_tile), whatever their scores.
+            if ((m_block + 1) * kBlockM > seqlen_q) kind = TileKind::kPartial;
             const int s = cur.stage;
             wait_empty(smem.q_empty[s], cur.phase);
             CUTE_UNROLL
@@ -123,13 +126,13 @@ __forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMa
 
 // Named barriers of the backward (ids above the one hardware barrier __syncthreads uses are offset by
 // CUTLASS's NamedBarrier). kDsReady: the consumers' dS^T halves are in shared memory. kDqFull + b /
-// kDqEmpty + b: the handshake between the consumers and the dQ writer warp over dQ buffer b.
-enum BwdBarrier : uint32_t { kDsReady = 0, kDqFull = 1, kDqEmpty = 3 };
+// kDqEmpty + b: the handshake between the consumers and the dQ writer warp over dQ buffer b. kEpilogue + w:
+// consumer warpgroup w's dK and dV rows are in shared memory.
+enum BwdBarrier : uint32_t { kDsReady = 0, kDqFull = 1, kDqEmpty = 3, kEpilogue = 5 };
 
 // dQ writer warp: adds every dQ tile the consumers publish to the fp32 accumulator with one TMA reduce-add
-// (its rows past the sequence hold zeros while the scores are finite, P being 0 there, so the adds they make
-// to the next sequence's rows change nothing; rows past the array are clipped), and frees the buffer once TMA
-// has read it.
+// (its rows past the sequence hold zeros, those queries being masked, so the adds they make to the next
+// sequence's rows change nothing; rows past the array are clipped), and frees the buffer once TMA has read it.
 template <typename Traits, class TmaDQ, class Storage>
 __forceinline__ __device__ void write_dq(const BwdParams &params, Storage &smem, TmaDQ const &tma_dq, int q_offset) {
     constexpr uint32_t kHandshake = Traits::kConsumerThreads + 32;
@@ -312,34 +315,35 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     if (tid == 0) smem.dq_head[step & 1] = -1;
     cutlass::arch::NamedBarrier::arrive(kDqHandshake, kDqFull + (step & 1));
 
-    // ---- epilogue: dK (scaled) and dV, column pairs, key rows and head dim predicated ----
-    Tensor tdKcdK_rc =
-        acc_rowcol(thr_dkv.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{})));
+    // ---- epilogue: dK (scaled) and dV go through this warpgroup's key rows of the K and V tiles, which no
+    // wgmma reads any more (the sync above waited for both warpgroups' last step), and out as 16-byte row
+    // pieces ----
     CUTE_UNROLL
     for (int i = 0; i < size(acc_dk); ++i) acc_dk(i) *= params.softmax_scale;
     Tensor rdK = to_type<Element>(acc_dk);
     Tensor rdV = to_type<Element>(acc_dv);
-    auto store = [&](auto const &frag, void *base, int64_t row_stride, int64_t head_stride) {
-        Tensor f = acc_rowcol(frag);
-        Element *out = static_cast<Element *>(base) + int64_t(k_offset) * row_stride + int64_t(head_kv) * head_stride;
-        CUTE_UNROLL
-        for (int r = 0; r < size<0>(f); ++r) {
-            const int key = col0 + get<0>(tdKcdK_rc(r, 0));
-            if (key >= seqlen_k) continue;
-            CUTE_UNROLL
-            for (int c = 0; c < size<1>(f); c += 2) {  // (c, c+1) are neighbouring columns
-                const int col = get<1>(tdKcdK_rc(r, c));
-                if (col < head_dim) {
-                    cutlass::Array<Element, 2> pair;
-                    pair[0] = f(r, c);
-                    pair[1] = f(r, c + 1);
-                    *reinterpret_cast<cutlass::Array<Element, 2> *>(out + int64_t(key) * row_stride + col) = pair;
-                }
-            }
-        }
+    Tensor tdKsdK = thr_dkv.partition_C(sK);
+    Tensor tdVsdV = thr_dkv.partition_C(sV);
+    CUTE_UNROLL
+    for (int i = 0; i < size(rdK); i += 2) {  // (i, i+1): neighbouring columns, adjacent in sK / sV
+        cutlass::Array<Element, 2> pair;
+        pair[0] = rdK(i);
+        pair[1] = rdK(i + 1);
+        *reinterpret_cast<cutlass::Array<Element, 2> *>(&tdKsdK(i)) = pair;
+        pair[0] = rdV(i);
+        pair[1] = rdV(i + 1);
+        *reinterpret_cast<cutlass::Array<Element, 2> *>(&tdVsdV(i)) = pair;
+    }
+    const int wg = tid / 128;
+    cutlass::arch::NamedBarrier::sync(128, kEpilogue + wg);  // this warpgroup's dK and dV rows are written
+    const int key0 = col0 + wg * 64;
+    auto store = [&](auto const &tile, void *base, int64_t row_stride, int64_t head_stride) {
+        Element *out = static_cast<Element *>(base) + int64_t(k_offset + key0) * row_stride + int64_t(head_kv) * head_stride;
+        store_tile_16b<128>(local_tile(tile, Shape<_64, Int<kHeadDim>>{}, make_coord(wg, _0{})), out, row_stride,
+                            seqlen_k - key0, head_dim, tid % 128);
     };
-    store(rdK, params.dk, params.dk_row_stride, params.dk_head_stride);
-    store(rdV, params.dv, params.dv_row_stride, params.dv_head_stride);
+    store(sK, params.dk, params.dk_row_stride, params.dk_head_stride);
+    store(sV, params.dv, params.dv_row_stride, params.dv_head_stride);
 }
 
 template <typename Traits, bool kCausal, class TmaQ, class TmaDO, class TmaK, class TmaV, class TmaDQ>

@@ -220,31 +220,26 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
         release(smem.v_empty[prev.stage]);
     }
 
-    // ---- epilogue: normalise, write O (column pairs, rows and head dim predicated) and the LSE ----
+    // ---- epilogue: normalise; O goes through this warpgroup's rows of the Q tile (which its S GEMMs no longer
+    // read: all of them have retired) and out as 16-byte row pieces; then the LSE ----
     float lse[kRows];
     softmax.finalize(acc_o_rc, params.softmax_scale, lse);
     Tensor rO = to_type<Element>(acc_o);
-    Tensor rO_rc = acc_rowcol(rO);
-    Tensor tOcO_rc = acc_rowcol(thr_o.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{})));
-    Element *out = static_cast<Element *>(params.out) + int64_t(q_offset) * params.o_row_stride +
-                   int64_t(head) * params.o_head_stride;
-    const int head_dim = params.shape.head_dim;
+    Tensor tOsO = thr_o.partition_C(sQ);
     CUTE_UNROLL
-    for (int r = 0; r < size<0>(rO_rc); ++r) {
-        const int row = row0 + get<0>(tOcO_rc(r, 0));
-        if (row >= seqlen_q) continue;
-        Element *out_row = out + int64_t(row) * params.o_row_stride;
-        CUTE_UNROLL
-        for (int c = 0; c < size<1>(rO_rc); c += 2) {  // (c, c+1) are neighbouring columns
-            const int col = get<1>(tOcO_rc(r, c));
-            if (col < head_dim) {
-                cutlass::Array<Element, 2> pair;
-                pair[0] = rO_rc(r, c);
-                pair[1] = rO_rc(r, c + 1);
-                *reinterpret_cast<cutlass::Array<Element, 2> *>(out_row + col) = pair;
-            }
-        }
+    for (int i = 0; i < size(rO); i += 2) {  // (i, i+1): neighbouring columns, adjacent in sQ
+        cutlass::Array<Element, 2> pair;
+        pair[0] = rO(i);
+        pair[1] = rO(i + 1);
+        *reinterpret_cast<cutlass::Array<Element, 2> *>(&tOsO(i)) = pair;
     }
+    const int wg = tid / 128;
+    cutlass::arch::NamedBarrier::sync(128, wg);  // this warpgroup's O rows are in shared memory
+    const int wg_row0 = row0 + wg * 64;
+    Element *out = static_cast<Element *>(params.out) + int64_t(q_offset + wg_row0) * params.o_row_stride +
+                   int64_t(head) * params.o_head_stride;
+    store_tile_16b<128>(local_tile(sQ, Shape<_64, Int<kHeadDim>>{}, make_coord(wg, _0{})), out, params.o_row_stride,
+                        seqlen_q - wg_row0, params.shape.head_dim, tid % 128);
     // The thread holding column 0 of a row (first lane of each quad) writes that row's LSE.
     if (get<1>(tScS_rc(0, 0)) == 0) {
         float *lse_out = params.softmax_lse + int64_t(head) * params.shape.total_q + q_offset;

@@ -60,6 +60,31 @@ CUTE_HOST_DEVICE auto acc_as_a_operand_layout(Layout acc) {
                        coalesce(make_layout(get<0, 1>(groups), get<2>(acc))));
 }
 
+// Epilogue of an output tile that sits in shared memory (kRows x kCols, K-major; the swizzles of the kernels
+// move whole 16-byte pieces): kThreads threads copy it to global memory 16 bytes per access, consecutive
+// threads taking consecutive pieces of a row, so every row is written as whole 32-byte sectors. Rows from
+// `rows` on (past the sequence) and columns from `cols` on (past the real head dim, a multiple of 8) are not
+// written. `gmem` is the tile's first row; the row stride is a multiple of 8 elements (torch_binding.cpp).
+template <int kThreads, class SmemTile, typename Element>
+__forceinline__ __device__ void store_tile_16b(SmemTile const &tile, Element *gmem, int64_t row_stride, int rows,
+                                               int cols, int thread) {
+    constexpr int kRows = decltype(size<0>(tile))::value;
+    constexpr int kCols = decltype(size<1>(tile))::value;
+    constexpr int kVec = 16 / sizeof(Element);
+    constexpr int kPiecesPerRow = kCols / kVec;
+    static_assert(kCols % kVec == 0 && (kRows * kPiecesPerRow) % kThreads == 0);
+    CUTE_UNROLL
+    for (int it = 0; it < kRows * kPiecesPerRow / kThreads; ++it) {
+        const int piece = it * kThreads + thread;
+        const int r = piece / kPiecesPerRow;
+        const int c = (piece % kPiecesPerRow) * kVec;
+        if (r < rows && c < cols) {
+            *reinterpret_cast<uint4 *>(gmem + int64_t(r) * row_stride + c) =
+                *reinterpret_cast<const uint4 *>(&tile(r, c));
+        }
+    }
+}
+
 // (tokens, head dim, heads) view of a packed varlen array: the global tensor TMA descriptors are built over.
 // The head-dim extent is the real one, so TMA fills the columns of a larger bucket with zeros.
 template <typename Element>
