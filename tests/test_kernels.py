@@ -208,6 +208,24 @@ def test_varlen_lengths_and_lq_ne_lk(dtype, causal, d):
     run_case(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_many_tiles_per_sm(dtype, causal):
+    """Many times more query-block tiles than the GPU has SMs: the sm90 forward's persistent CTAs each run a
+    long series of tiles (taking the next from a counter, the K/V ring running on from tile to tile), with
+    sequences of random lengths, some empty, and GQA."""
+    rng = random.Random()
+    lens = [rng.choice([0, rng.randint(1, 128), rng.randint(129, 900)]) for _ in range(40)]
+    lens[0] = 900
+    hq, hkv = 16, 4
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    assert len(lens) * ((max(lens) + 127) // 128) * hq >= 10 * sms
+    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32, device="cuda")
+    d = compiled_head_dims()[0]
+    q, k, v = make_qkv(sum(lens), sum(lens), hq, hkv, d, dtype)
+    run_case(q, k, v, cu, cu, max(lens), max(lens), causal)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_rows_past_a_sequence_stay_out_of_the_next(causal):
     """Kernels load whole tiles: the rows of a sequence's last query block past its end are the next sequence's
