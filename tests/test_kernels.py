@@ -211,9 +211,9 @@ def test_varlen_lengths_and_lq_ne_lk(dtype, causal, d):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("causal", [False, True])
 def test_many_tiles_per_sm(dtype, causal):
-    """Many times more query-block tiles than the GPU has SMs: the sm90 forward's persistent CTAs each run a
-    long series of tiles (taking the next from a counter, the K/V ring running on from tile to tile), with
-    sequences of random lengths, some empty, and GQA."""
+    """Many times more query-block tiles than the GPU has SMs, sequences of random lengths (some empty) and GQA:
+    every SM runs a long series of tiles, so a kernel that carries state from one tile to the next (a persistent
+    CTA, a ring of pipeline stages) has to start each tile clean."""
     rng = random.Random()
     lens = [rng.choice([0, rng.randint(1, 128), rng.randint(129, 900)]) for _ in range(40)]
     lens[0] = 900
