@@ -271,14 +271,7 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
         // dS^T to shared memory (alternate buffers: the barrier below keeps the warpgroups within one step
         // of each other, so the buffer written now is no longer read), visible to wgmma's async proxy.
         const int buf = step & 1;
-        Tensor tdSsdS_buf = tdSsdS(_, _, _, buf);
-        CUTE_UNROLL
-        for (int i = 0; i < size(rdS); i += 2) {  // (i, i+1): neighbouring queries of a key, adjacent in sdS
-            cutlass::Array<Element, 2> pair;
-            pair[0] = rdS(i);
-            pair[1] = rdS(i + 1);
-            *reinterpret_cast<cutlass::Array<Element, 2> *>(&tdSsdS_buf(i)) = pair;
-        }
+        store_column_pairs(rdS, tdSsdS(_, _, _, buf));  // S^T's column pairs: neighbouring queries of a key
         cutlass::arch::fence_view_async_shared();
         cutlass::arch::NamedBarrier::sync(Traits::kConsumerThreads, kDsReady);
 
@@ -322,18 +315,8 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     for (int i = 0; i < size(acc_dk); ++i) acc_dk(i) *= params.softmax_scale;
     Tensor rdK = to_type<Element>(acc_dk);
     Tensor rdV = to_type<Element>(acc_dv);
-    Tensor tdKsdK = thr_dkv.partition_C(sK);
-    Tensor tdVsdV = thr_dkv.partition_C(sV);
-    CUTE_UNROLL
-    for (int i = 0; i < size(rdK); i += 2) {  // (i, i+1): neighbouring columns, adjacent in sK / sV
-        cutlass::Array<Element, 2> pair;
-        pair[0] = rdK(i);
-        pair[1] = rdK(i + 1);
-        *reinterpret_cast<cutlass::Array<Element, 2> *>(&tdKsdK(i)) = pair;
-        pair[0] = rdV(i);
-        pair[1] = rdV(i + 1);
-        *reinterpret_cast<cutlass::Array<Element, 2> *>(&tdVsdV(i)) = pair;
-    }
+    store_column_pairs(rdK, thr_dkv.partition_C(sK));
+    store_column_pairs(rdV, thr_dkv.partition_C(sV));
     const int wg = tid / 128;
     cutlass::arch::NamedBarrier::sync(128, kEpilogue + wg);  // this warpgroup's dK and dV rows are written
     const int key0 = col0 + wg * 64;

@@ -225,14 +225,7 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
     float lse[kRows];
     softmax.finalize(acc_o_rc, params.softmax_scale, lse);
     Tensor rO = to_type<Element>(acc_o);
-    Tensor tOsO = thr_o.partition_C(sQ);
-    CUTE_UNROLL
-    for (int i = 0; i < size(rO); i += 2) {  // (i, i+1): neighbouring columns, adjacent in sQ
-        cutlass::Array<Element, 2> pair;
-        pair[0] = rO(i);
-        pair[1] = rO(i + 1);
-        *reinterpret_cast<cutlass::Array<Element, 2> *>(&tOsO(i)) = pair;
-    }
+    store_column_pairs(rO, thr_o.partition_C(sQ));
     const int wg = tid / 128;
     cutlass::arch::NamedBarrier::sync(128, wg);  // this warpgroup's O rows are in shared memory
     const int wg_row0 = row0 + wg * 64;

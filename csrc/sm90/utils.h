@@ -7,6 +7,7 @@
 
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
+#include <cutlass/array.h>
 
 namespace flash_tree_attn::sm90 {
 
@@ -58,6 +59,20 @@ CUTE_HOST_DEVICE auto acc_as_a_operand_layout(Layout acc) {
     auto groups = logical_divide(layout<0, 2>(acc), Shape<_2>{});  // ((2, N/16))
     return make_layout(make_layout(get<0, 0>(acc), get<0, 1>(acc), get<0, 0>(groups)), get<1>(acc),
                        coalesce(make_layout(get<0, 1>(groups), get<2>(acc))));
+}
+
+// Writes an accumulator fragment, converted to its storage type, into the shared-memory tile `dst` (the same
+// MMA's partition_C of it): two neighbouring columns per store, which every swizzle of the kernels keeps adjacent.
+template <class Frag, class SmemPartition>
+__forceinline__ __device__ void store_column_pairs(Frag const &frag, SmemPartition &&dst) {
+    using Pair = cutlass::Array<typename Frag::value_type, 2>;
+    CUTE_UNROLL
+    for (int i = 0; i < size(frag); i += 2) {  // (i, i+1): neighbouring columns of one row
+        Pair pair;
+        pair[0] = frag(i);
+        pair[1] = frag(i + 1);
+        *reinterpret_cast<Pair *>(&dst(i)) = pair;
+    }
 }
 
 // Epilogue of an output tile that sits in shared memory (kRows x kCols, K-major; the swizzles of the kernels
