@@ -6,7 +6,7 @@
 #   test      python3 -m pytest -m gpu -x -q                            -> $OUT/pytest.log
 #   test90    the kernel tests on the Hopper path (FLASH_TREE_ATTN_TEST_PATH=sm90) -> $OUT/pytest-sm90.log
 #   sanitize  compute-sanitizer memcheck + racecheck on tools/sanitizer_case.py, sm80 path; on Hopper also
-#             the sm90 path (memcheck gating, racecheck reported only) -> $OUT/sanitizer.log; the summary
+#             the sm90 path -> $OUT/sanitizer.log; the summary
 #             at the end shows it grouped by location (tools/sanitizer_summary.py)
 #   bench     python3 tools/bench.py          -> $OUT/bench.{json,png,txt,log}
 #   quick     python3 tools/bench.py --quick  -> $OUT/bench-quick.{json,png,txt,log}
@@ -87,11 +87,7 @@ sanitize() {
   for tool in memcheck racecheck; do run_tool sm80 $tool || rc=1; done
   hopper=$("$PY" -c "import torch; from flash_tree_attn import _ops; print(int(torch.cuda.get_device_capability() == (9, 0) and 'sm90' in _ops.build_info().get('kernel_paths', [])))" 2>/dev/null)
   if [ "$hopper" = 1 ]; then
-    run_tool sm90 memcheck || rc=1
-    # Not gating: racecheck (CUDA 13.0) does not treat mbarrier phases or bar.arrive/bar.sync handshakes as
-    # synchronization, so it reports the sm90 kernels' producer -> consumer hand-offs of stage metadata
-    # (bench_results/RESULTS.md lists them). Read the report for anything else.
-    run_tool sm90 racecheck || echo "--- sm90 racecheck reported hazards (not gating; review them against RESULTS.md)"
+    for tool in memcheck racecheck; do run_tool sm90 $tool || rc=1; done
   fi
   return $rc
 }

@@ -2,8 +2,8 @@
 """Short summary of a compute-sanitizer log (tools/run_gpu_checks.sh sanitize writes one): the summary line of each
 tool run, then the racecheck hazards grouped by the pair of source locations they name, most frequent first,
 with template arguments and parameter lists dropped from the function names. A full racecheck report of the sm90
-kernels is tens of kilobytes of mangled templates; this is what to read against the explained hand-offs listed in
-bench_results/RESULTS.md.
+kernels is tens of kilobytes of mangled templates; grouped, a hazard points at the two source lines to compare
+with the barrier rules of csrc/sm90/pipeline.h.
 
     python tools/sanitizer_summary.py gpu_out/sanitizer.log [--most 20]
 """

@@ -22,6 +22,26 @@
 
 namespace flash_tree_attn::sm90 {
 
+// The work items of a CTA in the order the producer streams them: each query head of the key/value head's
+// group in turn, and for each the non-empty query blocks that see key block n_block, upward. The dQ writer
+// warp walks the same sequence, so no tile coordinates travel to it through shared memory. Called by a whole
+// warp; f(head, m_block, kind) for each item.
+template <int kBlockM, int kBlockN, class F>
+__forceinline__ __device__ void for_each_query_tile(const BwdParams &params, const SeqMaskInfo &seq, int n_block,
+                                                    int head_kv, F &&f) {
+    const int m_blocks = ceil_div(seq.seqlen_q, kBlockM);
+    // The non-empty query blocks are the same for every query head of the group: each head walks them anew.
+    const int m_start = query_block_begin<kBlockM, kBlockN>(seq, n_block);
+    const int group = params.shape.num_heads_q / params.shape.num_heads_kv;
+    for (int head = head_kv * group; head < (head_kv + 1) * group; ++head) {
+        TileWalk<kBlockM, kBlockN, /*kKeysDown=*/false> walk(n_block, m_start, m_blocks);
+        TileKind kind;
+        for (int m_block = walk.next(seq, kind); m_block < m_blocks; m_block = walk.next(seq, kind)) {
+            f(head, m_block, kind);
+        }
+    }
+}
+
 template <typename Traits, class TmaQ, class TmaDO, class TmaK, class TmaV, class Storage>
 __forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMaskInfo &seq, Storage &smem,
                                             TmaQ const &tma_q, TmaDO const &tma_do, TmaK const &tma_k,
@@ -52,7 +72,7 @@ __forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMa
         copy(tma_k.with(smem.kv_full), tKgK, tKsK);
         copy(tma_v.with(smem.kv_full), tVgV, tVsV);
     }
-    // The tree ends of the block's keys while K and V load; the leader's arrival publishes all three.
+    // The tree ends of the block's keys while K and V load; each lane's arrival publishes its own writes.
     const bool has_tree = seq.has_tree();
     if (has_tree) {
         for (int j = lane; j < kBlockN; j += 32) {
@@ -60,68 +80,58 @@ __forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMa
             smem.end_k[j] = key < seq.seqlen_k ? params.tree_end_k[k_offset + key] : kNoTreeEnd;
         }
     }
-    __syncwarp();
-    if (leader) TxBarrier::arrive(&smem.kv_full);
+    TxBarrier::arrive(&smem.kv_full);
 
     const int seqlen_q = seq.seqlen_q;
-    const int m_blocks = ceil_div(seqlen_q, kBlockM);
-    // The non-empty query blocks are the same for every query head of the group: each head walks them anew.
-    using Walk = TileWalk<kBlockM, kBlockN, /*kKeysDown=*/false>;
-    const int m_start = query_block_begin<kBlockM, kBlockN>(seq, n_block);
-    const int group = sh.num_heads_q / sh.num_heads_kv;
     Tensor mQ_all = tma_q.get_tma_tensor(make_shape(sh.total_q, sh.head_dim, sh.num_heads_q));
     Tensor mdO_all = tma_do.get_tma_tensor(make_shape(sh.total_q, sh.head_dim, sh.num_heads_q));
-
     StageCursor<Traits::kStages> cur;
-    for (int head = head_kv * group; head < (head_kv + 1) * group; ++head) {
-        Tensor gQ = local_tile(domain_offset(make_coord(q_offset, _0{}), mQ_all(_, _, head)),
-                               Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(_, _0{}));  // (M, D, m_blocks)
-        Tensor gdO = local_tile(domain_offset(make_coord(q_offset, _0{}), mdO_all(_, _, head)),
-                                Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(_, _0{}));
-        auto [tQgQ, tQsQ] = tma_partition(tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
-        auto [tdOgdO, tdOsdO] =
-            tma_partition(tma_do, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sdO), group_modes<0, 2>(gdO));
-        Walk walk(n_block, m_start, m_blocks);
-        TileKind kind;
-        for (int m_block = walk.next(seq, kind); m_block < m_blocks; m_block = walk.next(seq, kind)) {
-            // TMA loads the whole tile: the rows of a query block that runs past the sequence are the next
-            // sequence's, and the element mask keeps them out (mask_tile), whatever their scores.
-            if ((m_block + 1) * kBlockM > seqlen_q) kind = TileKind::kPartial;
-            const int s = cur.stage;
-            wait_empty(smem.q_empty[s], cur.phase);
-            CUTE_UNROLL
-            for (int i = lane; i < kBlockM; i += 32) {
-                const int row = m_block * kBlockM + i;
-                float lse_log2 = INFINITY, dsum = 0.f;
-                int start = kNoTreeStart;
-                if (row < seqlen_q) {
-                    const int64_t idx = int64_t(head) * sh.total_q + q_offset + row;
-                    const float lse = params.softmax_lse[idx];
-                    lse_log2 = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
-                    dsum = params.dsoftmax_sum[idx];
-                    if (has_tree) start = params.tree_start_q[q_offset + row];
-                }
-                smem.lse_log2[s][i] = lse_log2;
-                smem.dsum[s][i] = dsum;
-                smem.start_q[s][i] = start;
-            }
-            __syncwarp();  // the leader's arrive below publishes the whole warp's writes
-            if (leader) {
-                smem.stage_head[s] = head;
-                smem.stage_block[s] = m_block;
-                smem.stage_kind[s] = static_cast<int>(kind);
-                TxBarrier::arrive_and_expect_tx(&smem.q_full[s], 2 * Traits::kQBytes);
-                copy(tma_q.with(smem.q_full[s]), tQgQ(_, m_block), tQsQ(_, s));
-                copy(tma_do.with(smem.q_full[s]), tdOgdO(_, m_block), tdOsdO(_, s));
-            }
-            cur.advance();
+    for_each_query_tile<kBlockM, kBlockN>(params, seq, n_block, head_kv, [&](int head, int m_block, TileKind kind) {
+        // TMA loads the whole tile: the rows of a query block that runs past the sequence are the next
+        // sequence's, and the element mask keeps them out (mask_tile), whatever their scores.
+        if ((m_block + 1) * kBlockM > seqlen_q) kind = TileKind::kPartial;
+        const int s = cur.stage;
+        wait_empty(smem.q_empty[s], cur.phase);
+        // Q and dO first: their loads then overlap the row statistics' global loads below.
+        if (leader) {
+            TxBarrier::expect_transaction(&smem.q_full[s], 2 * Traits::kQBytes);
+            Tensor gQ = local_tile(domain_offset(make_coord(q_offset, _0{}), mQ_all(_, _, head)),
+                                   Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m_block, _0{}));
+            Tensor gdO = local_tile(domain_offset(make_coord(q_offset, _0{}), mdO_all(_, _, head)),
+                                    Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m_block, _0{}));
+            auto [tQgQ, tQsQ] =
+                tma_partition(tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
+            auto [tdOgdO, tdOsdO] =
+                tma_partition(tma_do, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sdO), group_modes<0, 2>(gdO));
+            copy(tma_q.with(smem.q_full[s]), tQgQ, tQsQ(_, s));
+            copy(tma_do.with(smem.q_full[s]), tdOgdO, tdOsdO(_, s));
         }
-    }
+        CUTE_UNROLL
+        for (int i = lane; i < kBlockM; i += 32) {
+            const int row = m_block * kBlockM + i;
+            float lse_log2 = INFINITY, dsum = 0.f;
+            int start = kNoTreeStart;
+            if (row < seqlen_q) {
+                const int64_t idx = int64_t(head) * sh.total_q + q_offset + row;
+                const float lse = params.softmax_lse[idx];
+                lse_log2 = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
+                dsum = params.dsoftmax_sum[idx];
+                if (has_tree) start = params.tree_start_q[q_offset + row];
+            }
+            smem.lse_log2[s][i] = lse_log2;
+            smem.dsum[s][i] = dsum;
+            smem.start_q[s][i] = start;
+        }
+        if (leader) {
+            smem.stage_block[s] = m_block;
+            smem.stage_kind[s] = static_cast<int>(kind);
+        }
+        TxBarrier::arrive(&smem.q_full[s]);  // every lane publishes its own writes
+        cur.advance();
+    });
     wait_empty(smem.q_empty[cur.stage], cur.phase);
-    if (leader) {
-        smem.stage_block[cur.stage] = kNoBlock;
-        TxBarrier::arrive(&smem.q_full[cur.stage]);
-    }
+    if (leader) smem.stage_block[cur.stage] = kNoBlock;
+    TxBarrier::arrive(&smem.q_full[cur.stage]);
 }
 
 // Named barriers of the backward (ids above the one hardware barrier __syncthreads uses are offset by
@@ -130,24 +140,25 @@ __forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMa
 // consumer warpgroup w's dK and dV rows are in shared memory.
 enum BwdBarrier : uint32_t { kDsReady = 0, kDqFull = 1, kDqEmpty = 3, kEpilogue = 5 };
 
-// dQ writer warp: adds every dQ tile the consumers publish to the fp32 accumulator with one TMA reduce-add
+// dQ writer warp: adds every dQ tile the consumers hand over to the fp32 accumulator with one TMA reduce-add
 // (its rows past the sequence hold zeros, those queries being masked, so the adds they make to the next
 // sequence's rows change nothing; rows past the array are clipped), and frees the buffer once TMA has read it.
+// It walks the work items itself (for_each_query_tile), in the order the consumers process them.
 template <typename Traits, class TmaDQ, class Storage>
-__forceinline__ __device__ void write_dq(const BwdParams &params, Storage &smem, TmaDQ const &tma_dq, int q_offset) {
+__forceinline__ __device__ void write_dq(const BwdParams &params, const SeqMaskInfo &seq, Storage &smem,
+                                         TmaDQ const &tma_dq, int n_block, int head_kv, int q_offset) {
     constexpr uint32_t kHandshake = Traits::kConsumerThreads + 32;
     const auto &sh = params.shape;
     Tensor mdQ = tma_dq.get_tma_tensor(make_shape(sh.total_q, Int<Traits::kHeadDim>{}, sh.num_heads_q));
     cutlass::arch::NamedBarrier::arrive(kHandshake, kDqEmpty + 0);  // both buffers start free
     cutlass::arch::NamedBarrier::arrive(kHandshake, kDqEmpty + 1);
-    for (int b = 0;; b ^= 1) {
+    int b = 0;
+    auto add_tile = [&](int head, int m_block, TileKind) {
         cutlass::arch::NamedBarrier::sync(kHandshake, kDqFull + b);
-        const int head = smem.dq_head[b];
-        if (head < 0) break;
         if (threadIdx.x % 32 == 0) {
             Tensor sdQ = make_tensor(make_smem_ptr(smem.dq[b]), typename Traits::SmemLayoutdQ{});
-            Tensor gdQ = local_tile(domain_offset(make_coord(q_offset + smem.dq_row0[b], _0{}), mdQ(_, _, head)),
-                                    Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>{}, make_coord(_0{}, _0{}));
+            Tensor gdQ = local_tile(domain_offset(make_coord(q_offset, _0{}), mdQ(_, _, head)),
+                                    Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>{}, make_coord(m_block, _0{}));
             auto [tdQgdQ, tdQsdQ] = tma_partition(tma_dq, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sdQ),
                                                   group_modes<0, 2>(gdQ));
             copy(tma_dq, tdQsdQ, tdQgdQ);
@@ -156,7 +167,9 @@ __forceinline__ __device__ void write_dq(const BwdParams &params, Storage &smem,
         }
         __syncwarp();
         cutlass::arch::NamedBarrier::arrive(kHandshake, kDqEmpty + b);
-    }
+        b ^= 1;
+    };
+    for_each_query_tile<Traits::kBlockM, Traits::kBlockN>(params, seq, n_block, head_kv, add_tile);
     asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");  // writes complete before the CTA retires
 }
 
@@ -220,7 +233,6 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
         wait_full(smem.q_full[s], cur.phase);
         const int m_block = smem.stage_block[s];
         if (m_block == kNoBlock) break;
-        const int head = smem.stage_head[s];
         const TileKind kind = static_cast<TileKind>(smem.stage_kind[s]);
         const int row0 = m_block * kBlockM;
 
@@ -295,18 +307,14 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
         for (int i = 0; i < size(acc_dq); i += 2) {  // (i, i+1): neighbouring columns, the swizzle keeps them so
             *reinterpret_cast<float2 *>(dq_buf + (&tdQsdQ0(i) - smem.dq[0])) = make_float2(acc_dq(i), acc_dq(i + 1));
         }
-        if (tid == 0) {
-            smem.dq_head[buf] = head;
-            smem.dq_row0[buf] = row0;
-        }
         cutlass::arch::fence_view_async_shared();  // visible to TMA (async proxy)
         cutlass::arch::NamedBarrier::arrive(kDqHandshake, kDqFull + buf);
         cur.advance();
     }
-    // The end marker goes where the writer looks next: the buffer of step `step`.
-    cutlass::arch::NamedBarrier::sync(kDqHandshake, kDqEmpty + (step & 1));
-    if (tid == 0) smem.dq_head[step & 1] = -1;
-    cutlass::arch::NamedBarrier::arrive(kDqHandshake, kDqFull + (step & 1));
+    // Both buffers drained: this takes the writer's last arrival on each (one per buffer more than the steps
+    // that used it, counting the two it starts with), and waits for both warpgroups' last step.
+    cutlass::arch::NamedBarrier::sync(kDqHandshake, kDqEmpty + 0);
+    cutlass::arch::NamedBarrier::sync(kDqHandshake, kDqEmpty + 1);
 
     // ---- epilogue: dK (scaled) and dV go through this warpgroup's key rows of the K and V tiles, which no
     // wgmma reads any more (the sync above waited for both warpgroups' last step), and out as 16-byte row
@@ -354,11 +362,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     const SeqMaskInfo seq = make_seq_mask_info(params, kCausal, batch, seqlen_q, seqlen_k);
 
     if (threadIdx.x == 0) {
-        TxBarrier::init(&smem.kv_full, 1);
+        // pipeline.h: every producer lane writes part of what the full barriers hand over, and every consumer
+        // thread reads the stages' row statistics.
+        TxBarrier::init(&smem.kv_full, 32);
         CUTE_UNROLL
         for (int s = 0; s < Traits::kStages; ++s) {
-            TxBarrier::init(&smem.q_full[s], 1);
-            TxBarrier::init(&smem.q_empty[s], Traits::kConsumerThreads / 32);
+            TxBarrier::init(&smem.q_full[s], 32);
+            TxBarrier::init(&smem.q_empty[s], Traits::kConsumerThreads);
         }
         cutlass::arch::fence_barrier_init();
     }
@@ -369,7 +379,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         if (threadIdx.x < 32) {
             produce_bwd<Traits>(params, seq, smem, tma_q, tma_do, tma_k, tma_v, n_block, head_kv, q_offset, k_offset);
         } else if (threadIdx.x < 64) {
-            write_dq<Traits>(params, smem, tma_dq, q_offset);
+            write_dq<Traits>(params, seq, smem, tma_dq, n_block, head_kv, q_offset);
         }
     } else {
         cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();

@@ -82,12 +82,9 @@ struct BwdTraits {
         // dQ of a step, handed from the consumers to the dQ writer warp; two buffers, alternating by step, so
         // the consumers write one while TMA still reads the other.
         alignas(1024) float dq[2][cosize_v<SmemLayoutdQ>];
-        int dq_head[2];  // query head of the tile in dq[b], or -1: no more tiles
-        int dq_row0[2];  // first query row (sequence-local) of the tile in dq[b]
         alignas(8) uint64_t kv_full;
         uint64_t q_full[kStages];  // Q, dO (TMA) and the row statistics of a stage
         uint64_t q_empty[kStages];
-        int stage_head[kStages];
         int stage_block[kStages];  // query block, or kNoBlock to end the consumers' loop
         int stage_kind[kStages];
     };

@@ -270,14 +270,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     const SeqMaskInfo seq = make_seq_mask_info(params, kCausal, batch, seqlen_q, seqlen_k);
 
     if (threadIdx.x == 0) {
-        constexpr int kConsumerWarps = Traits::kConsumerThreads / 32;
         TxBarrier::init(&smem.q_full, 1);
         CUTE_UNROLL
         for (int s = 0; s < Traits::kStages; ++s) {
-            TxBarrier::init(&smem.k_full[s], 1);
+            TxBarrier::init(&smem.k_full[s], 1);  // the producer's leader, who alone writes the stage metadata
             TxBarrier::init(&smem.v_full[s], 1);
-            TxBarrier::init(&smem.k_empty[s], kConsumerWarps);
-            TxBarrier::init(&smem.v_empty[s], kConsumerWarps);
+            TxBarrier::init(&smem.k_empty[s], Traits::kConsumerThreads);  // pipeline.h: every consumer thread
+            TxBarrier::init(&smem.v_empty[s], Traits::kConsumerThreads);
         }
         cutlass::arch::fence_barrier_init();
     }
