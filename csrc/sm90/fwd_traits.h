@@ -81,10 +81,7 @@ struct FwdTraits {
 constexpr int kNoBlock = -1;
 
 // Tile configuration per head-dim bucket: 128-row query blocks; key blocks as wide as shared memory allows
-// with two stages each for K and V. Head dim 128 takes a third stage (224 KiB in all), which made the forward
-// of the GRPO tree with 16 responses 13% faster (RESULTS.md, 2026-11-30), likely because the producer then
-// runs a tile further ahead while it scans the empty blocks between a response and its prompt; dense causal
-// did not change. The other buckets keep two stages until measured.
+// with two stages each for K and V.
 template <int kHeadDim, typename Element>
 struct FwdConfig;
 template <typename Element>
@@ -92,7 +89,7 @@ struct FwdConfig<64, Element> { using Traits = FwdTraits<64, 128, 2, Element>; }
 template <typename Element>
 struct FwdConfig<96, Element> { using Traits = FwdTraits<96, 128, 2, Element>; };
 template <typename Element>
-struct FwdConfig<128, Element> { using Traits = FwdTraits<128, 128, 3, Element>; };
+struct FwdConfig<128, Element> { using Traits = FwdTraits<128, 128, 2, Element>; };
 template <typename Element>
 struct FwdConfig<192, Element> { using Traits = FwdTraits<192, 64, 2, Element>; };
 template <typename Element>
