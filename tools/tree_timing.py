@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Forward time of tree workloads (tools/workloads.json) with the installed extension, one line per call.
+
+For same-run A/Bs of forward changes: swap the extension between runs, alternate the variants, compare lines.
+The repetition time matters on the H200: with --rep 40 (what `tools/bench.py --quick` uses) grpo_P1024's forward
+read 1.86-1.90 ms, with --rep 1500 2.14 ms, for the same build in the same call (bench_results/RESULTS.md,
+2026-11-30); compare variants only at the same --rep, and prefer the long one.
+
+    FLASH_TREE_ATTN_PATH=sm90 python3 tools/tree_timing.py LABEL [--rep 1500] [--warmup 100] [--workloads a,b]
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_lib as bl  # noqa: E402
+
+import flash_tree_attn as fta  # noqa: E402
+from flash_tree_attn import tree as fta_tree  # noqa: E402
+
+DEFAULT = "grpo_P1024_n16_R2048,deep_64nodes_128to1024,grpo_P4096_n8_R1024"
+
+
+def forward_ms(name: str, rep: int, warmup: int) -> float:
+    segs = bl.build_workload(name)
+    hq, hkv, d = bl.workload_heads(name)
+    lay = fta_tree.layout_from_segments([segs], device=None)
+    n = lay.start_q.numel()
+    q = torch.randn(n, hq, d, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(n, hkv, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    cu, start_q, end_k = (t.to("cuda", torch.int32) for t in (lay.cu_seqlens, lay.start_q, lay.end_k))
+
+    def fwd():
+        return fta.flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=True, tree_dfs_order_start_q=start_q,
+                                          tree_dfs_order_end_k=end_k)
+
+    return triton.testing.do_bench(fwd, warmup=warmup, rep=rep)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("label")
+    ap.add_argument("--rep", type=int, default=1500, help="do_bench repetition time, ms")
+    ap.add_argument("--warmup", type=int, default=100, help="do_bench warm-up time, ms")
+    ap.add_argument("--workloads", default=DEFAULT)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    rows = [f"{w} {forward_ms(w, args.rep, args.warmup):.3f}" for w in args.workloads.split(",")]
+    print(args.label, "|", " | ".join(rows), flush=True)
