@@ -4,7 +4,8 @@
 For same-run A/Bs of forward changes: swap the extension between runs, alternate the variants, compare lines.
 The repetition time matters on the H200: with --rep 40 (what `tools/bench.py --quick` uses) grpo_P1024's forward
 read 1.86-1.90 ms, with --rep 1500 2.14 ms, for the same build in the same call (bench_results/RESULTS.md,
-2026-11-30); compare variants only at the same --rep, and prefer the long one.
+2026-11-30); compare variants only at the same --rep, and prefer the long one. `tools/bench.py --rep 1500 --only
+ours --workloads ...` times the same calls with its checks and baselines; this script is the lean form.
 
     FLASH_TREE_ATTN_PATH=sm90 python3 tools/tree_timing.py LABEL [--rep 1500] [--warmup 100] [--workloads a,b]
 """
