@@ -37,12 +37,12 @@ const char *check_forced_sm90(const FwdParams &params, KernelPath path) {
 }
 
 // The backward's grid is one-dimensional (tile_order.h): key blocks x sequences x key/value heads. No
-// backward key block is shorter than one bounds granule, so this bounds it for both paths; at least
-// kRankBlock blocks are counted because tile_at() multiplies the heads by it.
+// backward key block is shorter than one bounds granule, so this bounds it for both paths (and the products
+// tile_at() forms, whose rank blocks are at most that many blocks).
 const char *check_bwd_grid(const BwdParams &params) {
     const auto &sh = params.shape;
     const int blocks = ceil_div(sh.max_seqlen_k, kBoundsGranule);
-    if (tile_grid_fits(blocks > kRankBlock ? blocks : kRankBlock, sh.batch, sh.num_heads_kv)) return nullptr;
+    if (tile_grid_fits(blocks, sh.batch, sh.num_heads_kv)) return nullptr;
     return "the backward needs (64-key blocks x sequences x key/value heads) below 2^31 CTAs; split the batch";
 }
 

@@ -1,19 +1,23 @@
 // Order of the backward's CTAs, both paths: which (key block, sequence, key/value head) each linear block
 // index runs. The GPU hands out CTAs in increasing index, so this is the order in which work starts, and it
 // has to serve two things:
-// - Heaviest first. Under a causal or a tree mask (depth-first order) earlier key blocks are seen by more
-//   queries. A grid that walked one head after another would start the heavy key blocks of the last heads
-//   when the GPU is nearly done, and they would set the run time alone; in a GRPO tree the prompt's key
-//   blocks carry tens of times the work of a response's, so that tail was most of the backward (31% of it
-//   on grpo_P1024_n16_R2048, measured on the H200).
+// - Heaviest first. Under a tree mask (depth-first order) earlier key blocks can be seen by many times more
+//   queries than the average one. A grid that walked one head after another would start the heavy key
+//   blocks of the last heads when the GPU is nearly done, and they would set the run time alone; in a GRPO
+//   tree the prompt's key blocks carry tens of times the work of a response's, so that tail was most of the
+//   backward (31% of it on grpo_P1024_n16_R2048, measured on the H200).
 // - Reuse in L2. The key blocks of one (sequence, head) stream the same Q, dO and dQ rows; run side by side
 //   they share those reads. Ordering by weight alone over every head (tried) spreads the SMs over all heads
 //   at once and cost 12% of the dense causal backward.
-// So key blocks are taken in rank blocks of kRankBlock: key blocks 0..7 of every (sequence, head), one
-// (sequence, head) after the other, then key blocks 8..15, and so on. About sixteen heads are in flight at
-// a time, each with eight key blocks sharing their loads, and every head's heavy blocks start in the first
-// rank block (rank blocks of 16 measured the same). (The forward keeps one (sequence, head) at a time, last query block first: its tiles weigh
-// about the same across heads, and the K/V reuse of that order measured faster there.)
+// So, with a tree, key blocks are taken in rank blocks of kRankBlock: key blocks 0..7 of every (sequence,
+// head), one (sequence, head) after the other, then key blocks 8..15, and so on. About sixteen heads are in
+// flight at a time, each with eight key blocks sharing their loads, and every head's heavy blocks start in
+// the first rank block (rank blocks of 16 measured the same). Without a tree no key block sees more than
+// twice the average number of queries (causal) or all see the same (not causal), so the tail is short and
+// L2 reuse weighs more: the rank block is the whole (sequence, head), i.e. one (sequence, head) after the
+// other, key block 0 (the heaviest under causality) first. (The forward keeps one (sequence, head) at a
+// time, last query block first: its tiles weigh about the same across heads, and the K/V reuse of that
+// order measured faster there.)
 #pragma once
 
 #include <cstdint>
@@ -34,14 +38,15 @@ struct TileCoord {
 inline int64_t tile_grid_size(int blocks, int batch, int heads) { return int64_t(blocks) * batch * heads; }
 inline bool tile_grid_fits(int blocks, int batch, int heads) { return tile_grid_size(blocks, batch, heads) <= INT32_MAX; }
 
-// The tile of linear block index `index`.
-__device__ __forceinline__ TileCoord tile_at(int index, int blocks, int batch, int heads) {
+// The tile of linear block index `index`, for rank blocks of `rank_block` key blocks (1 <= rank_block <= blocks;
+// rank_block == blocks is one (sequence, head) after the other).
+__device__ __forceinline__ TileCoord tile_at(int index, int blocks, int batch, int heads, int rank_block) {
     const int units = batch * heads;
-    const int per_rank_block = kRankBlock * units;
-    const int rank_block = index / per_rank_block;
-    const int within = index - rank_block * per_rank_block;
-    const int first = rank_block * kRankBlock;
-    const int ranks = min(kRankBlock, blocks - first);  // the last rank block may be short
+    const int per_rank_block = rank_block * units;
+    const int rank = index / per_rank_block;
+    const int within = index - rank * per_rank_block;
+    const int first = rank * rank_block;
+    const int ranks = min(rank_block, blocks - first);  // the last rank block may be short
     const int unit = within / ranks;
     TileCoord t;
     t.block = first + (within - unit * ranks);
@@ -58,7 +63,9 @@ inline int64_t bwd_grid_size(const BwdParams &p) {
 }
 template <int kBlockN>
 __device__ __forceinline__ TileCoord bwd_tile(const BwdParams &p) {
-    return tile_at(blockIdx.x, ceil_div(p.shape.max_seqlen_k, kBlockN), p.shape.batch, p.shape.num_heads_kv);
+    const int blocks = ceil_div(p.shape.max_seqlen_k, kBlockN);
+    const bool tree = p.tree_start_q != nullptr;
+    return tile_at(blockIdx.x, blocks, p.shape.batch, p.shape.num_heads_kv, tree ? min(kRankBlock, blocks) : blocks);
 }
 
 }  // namespace flash_tree_attn
