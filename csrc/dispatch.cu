@@ -11,13 +11,13 @@
 namespace flash_tree_attn {
 
 template <int kHeadDim, typename Element, bool kCausal>
-void run_sm80_fwd(FwdParams &params, cudaStream_t stream);
+const char *run_sm80_fwd(FwdParams &params, cudaStream_t stream);
 template <int kHeadDim, typename Element, bool kCausal>
-void run_sm80_bwd(BwdParams &params, cudaStream_t stream);
+const char *run_sm80_bwd(BwdParams &params, cudaStream_t stream);
 template <int kHeadDim, typename Element, bool kCausal>
-void run_sm90_fwd(FwdParams &params, cudaStream_t stream);
+const char *run_sm90_fwd(FwdParams &params, cudaStream_t stream);
 template <int kHeadDim, typename Element, bool kCausal>
-void run_sm90_bwd(BwdParams &params, cudaStream_t stream);
+const char *run_sm90_bwd(BwdParams &params, cudaStream_t stream);
 
 namespace {
 
@@ -51,11 +51,11 @@ constexpr bool is_bf16() {
     return std::is_same_v<Element, cutlass::bfloat16_t>;
 }
 
-// One entry of a generated kernel list: runs FTA_RUN<hd, T, c> (defined around each use) when it matches.
+// One entry of a generated kernel list: runs FTA_RUN<hd, T, c> (defined around each use) when it matches and
+// returns its result (nullptr, or why it could not run).
 #define FTA_CASE(hd, T, c)                                                        \
     if (bucket == hd && params.is_bf16 == is_bf16<T>() && params.causal == c) {  \
-        FTA_RUN<hd, T, c>(params, stream);                                      \
-        return nullptr;                                                         \
+        return FTA_RUN<hd, T, c>(params, stream);                               \
     }
 
 }  // namespace
@@ -69,8 +69,8 @@ int head_dim_bucket(int head_dim) {
 
 const char *compiled_head_dims() { return FTA_COMPILED_HEAD_DIMS_STR; }
 
-// Every sm80 backward configuration uses 64-row query blocks (checked in launch_bwd.h).
-int bwd_block_m(int /*head_dim_bucket*/) { return 64; }
+// Every sm80 backward configuration's query block is a multiple of it (checked in launch_bwd.h).
+int bwd_block_m(int /*head_dim_bucket*/) { return kBwdSemaphoreBlockM; }
 
 const char *run_fwd(FwdParams &params, KernelPath path, cudaStream_t stream) {
     if (const char *err = check_forced_sm90(params, path)) return err;

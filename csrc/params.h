@@ -10,6 +10,10 @@ namespace flash_tree_attn {
 // is a multiple of it, so a tile's bounds are the min/max over one or a few granules.
 constexpr int kBoundsGranule = 64;
 
+// The deterministic backward's dQ semaphores (one per query head and query block) are allocated per 64 query
+// rows; a backward with larger query blocks uses the first ceil(rows / kBlockM) of them.
+constexpr int kBwdSemaphoreBlockM = 64;
+
 // Per-granule tree bounds. Granule g of sequence b covers local tokens [g*64, g*64+64) and is stored at
 // index `granule_base(b, cu_seqlens[b]) + g`, a layout that needs no prefix sum over the batch.
 struct TreeBounds {
@@ -71,6 +75,7 @@ struct FwdParams {
     bool is_bf16 = false;
     int num_sms = 0;
     int device_arch = 0;  // compute capability of the GPU, major * 10 + minor: picks the kernel path
+    int max_smem_per_block = 0;  // the GPU's opt-in shared memory per block: picks a configuration that fits
 };
 
 struct BwdParams : FwdParams {

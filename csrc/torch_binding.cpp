@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <optional>
 #include <tuple>
 
@@ -18,6 +19,17 @@ void check_device_capability(const at::Tensor &q) {
     const cudaDeviceProp *prop = at::cuda::getDeviceProperties(q.get_device());
     TORCH_CHECK(prop->major >= 8, "flash_tree_attn needs an NVIDIA GPU of compute capability 8.0 (Ampere) or newer; ",
                 prop->name, " is sm_", prop->major, prop->minor);
+}
+
+// The GPU's opt-in shared memory per block, or less where FLASH_TREE_ATTN_MAX_SMEM (bytes) says so: with it the
+// tests run the kernel configurations of a smaller GPU (an A100's 163 KB) on Hopper.
+int max_smem_per_block(const cudaDeviceProp &prop) {
+    int bytes = static_cast<int>(prop.sharedMemPerBlockOptin);
+    if (const char *cap = std::getenv("FLASH_TREE_ATTN_MAX_SMEM")) {
+        const int v = std::atoi(cap);
+        if (v > 0 && v < bytes) bytes = v;
+    }
+    return bytes;
 }
 
 void check_qkv(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v) {
@@ -118,6 +130,7 @@ std::optional<at::Tensor> fill_common(FwdParams &p, const at::Tensor &q, const a
     const cudaDeviceProp *prop = at::cuda::getDeviceProperties(q.get_device());  // cached by torch
     p.num_sms = prop->multiProcessorCount;
     p.device_arch = prop->major * 10 + prop->minor;
+    p.max_smem_per_block = max_smem_per_block(*prop);
 
     if (!start_q.has_value()) return std::nullopt;
     p.tree_start_q = start_q->data_ptr<int>();
@@ -151,7 +164,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor &q, const at::Tenso
         const char *err = run_fwd(p, to_path(kernel_path), at::cuda::getCurrentCUDAStream());
         TORCH_CHECK(err == nullptr, "flash_tree_attn: ", err, " (head dim ", p.shape.head_dim, ", ",
                     p.is_bf16 ? "bf16" : "fp16", ", causal=", causal, "; compiled head dims: ", compiled_head_dims(),
-                    ")");
+                    "; shared memory per block: ", p.max_smem_per_block, " bytes)");
         C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     return {out, lse};
@@ -224,7 +237,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
     p.deterministic = deterministic;
     const char *err = run_bwd(p, to_path(kernel_path), at::cuda::getCurrentCUDAStream());
     TORCH_CHECK(err == nullptr, "flash_tree_attn: ", err, " (head dim ", p.shape.head_dim, ", ",
-                p.is_bf16 ? "bf16" : "fp16", ", causal=", causal, "; compiled head dims: ", compiled_head_dims(), ")");
+                p.is_bf16 ? "bf16" : "fp16", ", causal=", causal, "; compiled head dims: ", compiled_head_dims(),
+                "; shared memory per block: ", p.max_smem_per_block, " bytes)");
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {dq, dk, dv};
 }

@@ -298,11 +298,11 @@ def test_padded_tree_batch():
     assert_close_conv("out", out, out_ref, out_pt)
 
 
-def test_deterministic_backward_is_bitwise_reproducible():
+@pytest.mark.parametrize("d", compiled_head_dims())
+def test_deterministic_backward_is_bitwise_reproducible(d):
     rng = random.Random()
     lay = layout_from_segments([grpo_tree(rng, 700, 6, 200, 600)], device="cuda")
     n = lay.total_tokens
-    d = compiled_head_dims()[-1]
     q, k, v = make_qkv(n, n, 8, 2, d, DTYPES[0])
     g = torch.randn(n, 8, d, device="cuda", dtype=DTYPES[0])
     grads = []
@@ -316,6 +316,31 @@ def test_deterministic_backward_is_bitwise_reproducible():
             assert torch.equal(a, b)
     # and the deterministic result is still correct
     run_case(q, k, v, lay.cu_seqlens, lay.cu_seqlens, n, n, True, lay.start_q, lay.end_k, deterministic=True)
+
+
+# Shared memory per block of an A100 and of sm_86/89 GPUs (FLASH_TREE_ATTN_MAX_SMEM emulates them).
+A100_SMEM, SM86_SMEM = 163 * 1024, 99 * 1024
+
+
+@pytest.mark.parametrize("d, smem", [(d, A100_SMEM) for d in compiled_head_dims()] +
+                         ([(64, SM86_SMEM)] if 64 in compiled_head_dims() else []))
+def test_backward_configurations_of_smaller_gpus(monkeypatch, d, smem):
+    """Where a faster sm80 backward configuration needs more shared memory than an A100 or an sm_86/89 GPU has,
+    those run a smaller one; FLASH_TREE_ATTN_MAX_SMEM makes this GPU pick as they do."""
+    monkeypatch.setenv("FLASH_TREE_ATTN_MAX_SMEM", str(smem))
+    rng = random.Random()
+    lay = layout_from_segments([grpo_tree(rng, rng.randint(100, 700), 4, 1, 400)], device="cuda")
+    n = lay.total_tokens
+    q, k, v = make_qkv(n, n, 4, 2, d, DTYPES[0])
+    run_case(q, k, v, lay.cu_seqlens, lay.cu_seqlens, n, n, True, lay.start_q, lay.end_k)
+
+
+def test_too_little_shared_memory_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("FLASH_TREE_ATTN_PATH", "sm80")
+    monkeypatch.setenv("FLASH_TREE_ATTN_MAX_SMEM", str(16 * 1024))
+    q, k, v = (torch.randn(1, 128, 2, compiled_head_dims()[0], device="cuda", dtype=DTYPES[0]) for _ in range(3))
+    with pytest.raises(RuntimeError, match="needs more shared memory per block than the GPU gives .*: 16384 bytes"):
+        fta.flash_attn_func(q, k, v, causal=True)
 
 
 def test_lse_gradient_flows():

@@ -1,19 +1,25 @@
 #!/usr/bin/env python3
-"""Forward and backward time of dense causal attention (D=128 bf16) with the installed extension, one line.
+"""Forward and backward time of dense causal attention (bf16) with the installed extension, one line.
 
 The same-run A/Bs of bench_results/RESULTS.md: swap the extension between runs, alternate the variants, compare
-the lines. Backward = median(forward + backward) - median(forward), triton's do_bench, two shapes.
+the lines. Backward = median(forward + backward) - median(forward), triton's do_bench. Head dim 128 times two
+shapes; --head-dims 64,192,256 times the benchmark's D=64 / D=256 dense shapes (and D=192 like D=256) instead.
 
-    FLASH_TREE_ATTN_PATH=sm90 python3 tools/dense_timing.py LABEL
+    FLASH_TREE_ATTN_PATH=sm90 python3 tools/dense_timing.py LABEL [--head-dims 128,64,256]
 """
-import sys
+import argparse
 
 import torch
 import triton
 
 import flash_tree_attn as fta
 
-SHAPES = [(4, 16384, 16), (16, 4096, 16)]  # (batch, length, heads)
+SHAPES = {  # head dim -> (batch, length, heads): workloads.json's dense rows, and D=192 shaped like D=256
+    128: [(4, 16384, 16), (16, 4096, 16)],
+    64: [(4, 16384, 32)],
+    192: [(4, 16384, 8)],
+    256: [(4, 16384, 8)],
+}
 
 
 def case(batch: int, length: int, heads: int, d: int = 128) -> str:
@@ -32,11 +38,15 @@ def case(batch: int, length: int, heads: int, d: int = 128) -> str:
     f = triton.testing.do_bench(fwd, warmup=50, rep=400)
     fb = triton.testing.do_bench(fwd_bwd, warmup=30, rep=800)
     flops = 4 * batch * length * (length + 1) / 2 * d * heads
-    return (f"B{batch} L{length} H{heads}: fwd {f:.3f} ms ({flops / f / 1e9:.0f} TF) "
+    return (f"B{batch} L{length} H{heads} D{d}: fwd {f:.3f} ms ({flops / f / 1e9:.0f} TF) "
             f"bwd {fb - f:.3f} ms ({2.5 * flops / (fb - f) / 1e9:.0f} TF)")
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("label", nargs="?", default="current")
+    parser.add_argument("--head-dims", default="128", help=f"comma-separated, of {sorted(SHAPES)}")
+    args = parser.parse_args()
     torch.manual_seed(0)
-    label = sys.argv[1] if len(sys.argv) > 1 else "current"
-    print(label, "|", " | ".join(case(*s) for s in SHAPES), flush=True)
+    cases = [(*shape, d) for d in (int(x) for x in args.head_dims.split(",")) for shape in SHAPES[d]]
+    print(args.label, "|", " | ".join(case(*c) for c in cases), flush=True)

@@ -136,17 +136,23 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
         Tensor tdOsdO = gmem_thr.partition_D(sdO_at(stage));
         copy_tile_async(gmem_copy, gmem_thr.partition_S(gQ), tQsQ, tQcQ, seqlen_q - row0, head_dim);
         copy_tile_async(gmem_copy, gmem_thr.partition_S(gdO), tdOsdO, tQcQ, seqlen_q - row0, head_dim);
-        const int i = tid % kBlockM;
-        const int which = tid / kBlockM;  // 0: LSE, 1: D, 2: tree start
-        const bool valid = row0 + i < seqlen_q;
-        const int row = valid ? row0 + i : 0;
-        const int64_t idx = int64_t(head) * params.shape.total_q + q_offset + row;
-        if (which == 0) {
-            cp_async_4(&rows.lse[stage][i], params.softmax_lse + idx, valid);
-        } else if (which == 1) {
-            cp_async_4(&rows.dsum[stage][i], params.dsoftmax_sum + idx, valid);
-        } else if (which == 2 && has_tree) {
-            cp_async_4(&rows.start_q[stage][i], start_q + row, valid);
+        // 3 * kBlockM values (LSE, D, tree start per row), spread over the threads.
+        constexpr int kValues = 3 * kBlockM;
+        CUTE_UNROLL
+        for (int it = 0; it < (kValues + Traits::kNThreads - 1) / Traits::kNThreads; ++it) {
+            const int j = tid + it * Traits::kNThreads;
+            const int i = j % kBlockM;
+            const int which = j / kBlockM;  // 0: LSE, 1: D, 2: tree start
+            const bool valid = row0 + i < seqlen_q;
+            const int row = valid ? row0 + i : 0;
+            const int64_t idx = int64_t(head) * params.shape.total_q + q_offset + row;
+            if (which == 0) {
+                cp_async_4(&rows.lse[stage][i], params.softmax_lse + idx, valid);
+            } else if (which == 1) {
+                cp_async_4(&rows.dsum[stage][i], params.dsoftmax_sum + idx, valid);
+            } else if (which == 2 && has_tree) {
+                cp_async_4(&rows.start_q[stage][i], start_q + row, valid);
+            }
         }
     };
 

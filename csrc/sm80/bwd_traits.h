@@ -57,21 +57,46 @@ struct BwdTraits : Sm80TileCopies<kHeadDim_, kNWarps_ * 32, Element_> {
         int start_q[kStages][kBlockM];    // their tree starts (tree masks only)
         int end_k[kBlockN];               // tree ends of the CTA's keys (tree masks only)
     };
-    static_assert(3 * kBlockM <= kNThreads && kBlockN <= kNThreads, "one row value per thread and stage");
     static constexpr int kSmemBytes = kSmemTileBytes + int(sizeof(RowData));
 };
 
+// Shared memory per block: Hopper 227 KB, an A100 163 KB, sm_86/89 99 KB. Every head dim has a configuration
+// that fits an A100 (CompactTraits); where a faster one needs more (Traits), the launch takes it only on a GPU
+// that has the room.
+constexpr int kAmpereSmemBytes = 163 * 1024;
+
+// Chosen by same-run timings on the H200 (bench_results/RESULTS.md). Head dim 64 takes 128-row query blocks,
+// which halve the steps (and their barriers) per key block and cut the dQ GEMM's shared-memory reads,
+// single-buffered (faster than two Q/dO stages there; 130 KB, so sm_86/89 keep the 64-row blocks that fit
+// them). Head dims 192 and 256 split their 64 x 64 score tile over 4 warps along the queries and the dK/dV and
+// dQ tiles over 2 along their rows, so each warp reads less of the wide B operands, and double-buffer Q/dO
+// (head dim 256 only where the GPU has the 210 KB that takes).
 template <int kHeadDim, typename Element>
 struct BwdConfig;
 template <typename Element>
-struct BwdConfig<64, Element> { using Traits = BwdTraits<64, 64, 128, 8, 2, 4, 4, 2, Element>; };
+struct BwdConfig<64, Element> {
+    using Traits = BwdTraits<64, 128, 128, 8, 2, 4, 4, 1, Element>;
+    using CompactTraits = BwdTraits<64, 64, 128, 8, 2, 4, 4, 2, Element>;
+};
 template <typename Element>
-struct BwdConfig<96, Element> { using Traits = BwdTraits<96, 64, 128, 8, 2, 4, 4, 2, Element>; };
+struct BwdConfig<96, Element> {
+    using Traits = BwdTraits<96, 64, 128, 8, 2, 4, 4, 2, Element>;
+    using CompactTraits = Traits;
+};
 template <typename Element>
-struct BwdConfig<128, Element> { using Traits = BwdTraits<128, 64, 128, 8, 2, 4, 2, 2, Element>; };
+struct BwdConfig<128, Element> {
+    using Traits = BwdTraits<128, 64, 128, 8, 2, 4, 2, 2, Element>;
+    using CompactTraits = Traits;
+};
 template <typename Element>
-struct BwdConfig<192, Element> { using Traits = BwdTraits<192, 64, 64, 8, 2, 4, 4, 1, Element>; };
+struct BwdConfig<192, Element> {
+    using Traits = BwdTraits<192, 64, 64, 8, 4, 2, 2, 2, Element>;  // 162 KB
+    using CompactTraits = Traits;
+};
 template <typename Element>
-struct BwdConfig<256, Element> { using Traits = BwdTraits<256, 64, 64, 8, 2, 4, 4, 1, Element>; };
+struct BwdConfig<256, Element> {
+    using Traits = BwdTraits<256, 64, 64, 8, 4, 2, 2, 2, Element>;
+    using CompactTraits = BwdTraits<256, 64, 64, 8, 4, 2, 2, 1, Element>;
+};
 
 }  // namespace flash_tree_attn::sm80

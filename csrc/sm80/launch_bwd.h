@@ -10,22 +10,37 @@
 
 namespace flash_tree_attn {
 
-template <int kHeadDim, typename Element, bool kCausal>
-void run_sm80_bwd(BwdParams &params, cudaStream_t stream) {
-    using Traits = typename sm80::BwdConfig<kHeadDim, Element>::Traits;
-    static_assert(Traits::kBlockM == sm80::BwdConfig<64, Element>::Traits::kBlockM,
-                  "bwd_block_m() assumes one query-block size for every head dim");
-    const int64_t rows = int64_t(params.shape.total_q) * params.shape.num_heads_q;
-    const int prepost_blocks = int((rows * kPrepostThreadsPerRow + kPrepostThreads - 1) / kPrepostThreads);
-    if (prepost_blocks == 0) return;
-    bwd_dot_do_o_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params);
-
+template <typename Traits, bool kCausal>
+void launch_sm80_bwd_kernel(BwdParams &params, cudaStream_t stream) {
+    static_assert(Traits::kBlockM % kBwdSemaphoreBlockM == 0,
+                  "the dq semaphores are allocated per kBwdSemaphoreBlockM query rows (bwd_block_m())");
     const int64_t ctas = bwd_grid_size<Traits::kBlockN>(params);
     if (ctas > 0) {
         sm80::launch_with_smem(&sm80::bwd_kernel<Traits, kCausal>, dim3(unsigned(ctas)), Traits::kNThreads,
                                Traits::kSmemBytes, stream, params);
     }
+}
+
+template <int kHeadDim, typename Element, bool kCausal>
+const char *run_sm80_bwd(BwdParams &params, cudaStream_t stream) {
+    using Config = sm80::BwdConfig<kHeadDim, Element>;
+    using Compact = typename Config::CompactTraits;
+    static_assert(Compact::kSmemBytes <= sm80::kAmpereSmemBytes, "must fit an A100");
+    const bool roomy = params.max_smem_per_block >= Config::Traits::kSmemBytes;
+    if (!roomy) {
+        if (const char *err = sm80::smem_shortfall(params, Compact::kSmemBytes, /*backward=*/true)) return err;
+    }
+    const int64_t rows = int64_t(params.shape.total_q) * params.shape.num_heads_q;
+    const int prepost_blocks = int((rows * kPrepostThreadsPerRow + kPrepostThreads - 1) / kPrepostThreads);
+    if (prepost_blocks == 0) return nullptr;
+    bwd_dot_do_o_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params);
+    if (roomy) {
+        launch_sm80_bwd_kernel<typename Config::Traits, kCausal>(params, stream);
+    } else {
+        launch_sm80_bwd_kernel<Compact, kCausal>(params, stream);
+    }
     bwd_convert_dq_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params, kHeadDim);
+    return nullptr;
 }
 
 }  // namespace flash_tree_attn

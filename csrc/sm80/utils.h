@@ -5,10 +5,19 @@
 #include <cutlass/numeric_types.h>
 
 #include "fragment_convert.h"
+#include "params.h"
 
 namespace flash_tree_attn::sm80 {
 
 using namespace cute;
+
+// nullptr when the GPU gives a block smem_bytes of shared memory (FwdParams::max_smem_per_block), else a static
+// message naming the kernel (the binding adds the head dim and what the GPU gives).
+inline const char *smem_shortfall(const FwdParams &params, int smem_bytes, bool backward) {
+    if (smem_bytes <= params.max_smem_per_block) return nullptr;
+    return backward ? "the sm80 backward kernel of this head dim needs more shared memory per block than the GPU gives"
+                    : "the sm80 forward kernel of this head dim needs more shared memory per block than the GPU gives";
+}
 
 // Launches a kernel that takes its parameter struct by value, raising the dynamic shared-memory limit first
 // when the kernel needs more than the default 48 KB.

@@ -13,13 +13,13 @@
 namespace flash_tree_attn {
 
 template <int kHeadDim, typename Element, bool kCausal>
-void run_sm90_bwd(BwdParams &params, cudaStream_t stream) {
+const char *run_sm90_bwd(BwdParams &params, cudaStream_t stream) {
     using namespace cute;
     using Traits = typename sm90::BwdConfig<kHeadDim, Element>::Traits;
     const auto &sh = params.shape;
     const int64_t rows = int64_t(sh.total_q) * sh.num_heads_q;
     const int prepost_blocks = int((rows * kPrepostThreadsPerRow + kPrepostThreads - 1) / kPrepostThreads);
-    if (prepost_blocks == 0) return;
+    if (prepost_blocks == 0) return nullptr;
     bwd_dot_do_o_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params);
 
     const int64_t ctas = bwd_grid_size<Traits::kBlockN>(params);
@@ -53,6 +53,7 @@ void run_sm90_bwd(BwdParams &params, cudaStream_t stream) {
                                                                                          tma_dq);
     }
     bwd_convert_dq_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params, kHeadDim);
+    return nullptr;
 }
 
 }  // namespace flash_tree_attn

@@ -12,12 +12,12 @@
 namespace flash_tree_attn {
 
 template <int kHeadDim, typename Element, bool kCausal>
-void run_sm90_fwd(FwdParams &params, cudaStream_t stream) {
+const char *run_sm90_fwd(FwdParams &params, cudaStream_t stream) {
     using namespace cute;
     using Traits = typename sm90::FwdConfig<kHeadDim, Element>::Traits;
     const auto &sh = params.shape;
     const int m_blocks = ceil_div(sh.max_seqlen_q, Traits::kBlockM);
-    if (m_blocks == 0 || sh.batch == 0 || sh.num_heads_q == 0) return;
+    if (m_blocks == 0 || sh.batch == 0 || sh.num_heads_q == 0) return nullptr;
 
     auto packed = [&](const void *ptr, int tokens, int heads, int64_t row_stride, int64_t head_stride) {
         return sm90::packed_gmem_tensor<Element>(ptr, tokens, sh.head_dim, heads, row_stride, head_stride);
@@ -38,6 +38,7 @@ void run_sm90_fwd(FwdParams &params, cudaStream_t stream) {
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes);
     dim3 grid(m_blocks, sh.batch, sh.num_heads_q);
     kernel<<<grid, Traits::kNThreads, Traits::kSmemBytes, stream>>>(params, tma_q, tma_k, tma_v);
+    return nullptr;
 }
 
 }  // namespace flash_tree_attn
