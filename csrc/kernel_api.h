@@ -31,6 +31,6 @@ const char *run_fwd(FwdParams &params, KernelPath path, cudaStream_t stream);
 const char *run_bwd(BwdParams &params, KernelPath path, cudaStream_t stream);
 
 // Sizes the binding needs to allocate backward scratch.
-int bwd_block_m(int head_dim_bucket);  // query-block size of the backward (dq semaphore layout)
+int bwd_block_m(int head_dim_bucket);  // query rows per dq semaphore slot allocated (divides the backward's block)
 
 }  // namespace flash_tree_attn

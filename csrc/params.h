@@ -10,8 +10,8 @@ namespace flash_tree_attn {
 // is a multiple of it, so a tile's bounds are the min/max over one or a few granules.
 constexpr int kBoundsGranule = 64;
 
-// The deterministic backward's dQ semaphores (one per query head and query block) are allocated per 64 query
-// rows; a backward with larger query blocks uses the first ceil(rows / kBlockM) of them.
+// The deterministic backward's dQ semaphores (one per sequence, query head and query block) are allocated for
+// 64-row query blocks; a backward with larger query blocks lays out fewer of them and uses a prefix of the array.
 constexpr int kBwdSemaphoreBlockM = 64;
 
 // Per-granule tree bounds. Granule g of sequence b covers local tokens [g*64, g*64+64) and is stored at
