@@ -6,19 +6,61 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <optional>
+#include <string>
 #include <tuple>
+#include <type_traits>
 
 #include "kernel_api.h"
 
 namespace flash_tree_attn {
 namespace {
 
+// Error messages are built with std::to_string, snprintf and string appends, never through an ostream (c10::str,
+// the operator<< of TORCH_CHECK's arguments). Where a build links libstdc++ into the extension statically (the
+// GPU test machine's gcc 13 does), that copy of the stream code cannot use the locale of the process's shared
+// libstdc++: formatting a number through it crashed the process (gcc 13) or printed nothing (gcc 12 with
+// -static-libstdc++), so a bad input got a segmentation fault instead of its error
+// (bench_results/binding-errors-gpu-machine-build-2026-11-30-session7.txt).
+void append(std::string &s, const char *x) { s += x; }
+void append(std::string &s, const std::string &x) { s += x; }
+void append(std::string &s, bool x) { s += x ? "true" : "false"; }
+template <class T, std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, bool>, int> = 0>
+void append(std::string &s, T x) {
+    s += std::to_string(x);
+}
+void append(std::string &s, double x) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%g", x);
+    s += buf;
+}
+void append(std::string &s, c10::IntArrayRef x) {
+    s += "[";
+    for (size_t i = 0; i < x.size(); ++i) {
+        if (i > 0) s += ", ";
+        s += std::to_string(x[i]);
+    }
+    s += "]";
+}
+void append(std::string &s, c10::ScalarType x) { s += c10::toString(x); }
+void append(std::string &s, const c10::Device &x) { s += x.str(); }
+
+template <class... Parts>
+std::string message(const Parts &...parts) {
+    std::string s = "flash_tree_attn: ";
+    (append(s, parts), ...);
+    return s;
+}
+
+// TORCH_CHECK with a message built by message(); only evaluated when the check fails.
+#define FTA_CHECK(cond, ...) TORCH_CHECK(cond, message(__VA_ARGS__).c_str())
+
 void check_device_capability(const at::Tensor &q) {
     const cudaDeviceProp *prop = at::cuda::getDeviceProperties(q.get_device());
-    TORCH_CHECK(prop->major >= 8, "flash_tree_attn needs an NVIDIA GPU of compute capability 8.0 (Ampere) or newer; ",
-                prop->name, " is sm_", prop->major, prop->minor);
+    FTA_CHECK(prop->major >= 8, "needs an NVIDIA GPU of compute capability 8.0 (Ampere) or newer; ",
+              prop->name, " is sm_", prop->major, prop->minor);
 }
 
 // The GPU's opt-in shared memory per block, or less where FLASH_TREE_ATTN_MAX_SMEM (bytes) says so: with it the
@@ -33,41 +75,41 @@ int max_smem_per_block(const cudaDeviceProp &prop) {
 }
 
 void check_qkv(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v) {
-    TORCH_CHECK(q.is_cuda() && k.is_cuda() && v.is_cuda(), "flash_tree_attn: q, k, v must be CUDA tensors");
-    TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
-                "flash_tree_attn: q, k, v must be (tokens, heads, head_dim); got ", q.sizes(), ", ", k.sizes(), ", ",
-                v.sizes());
+    FTA_CHECK(q.is_cuda() && k.is_cuda() && v.is_cuda(), "q, k, v must be CUDA tensors");
+    FTA_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
+              "q, k, v must be (tokens, heads, head_dim); got ", q.sizes(), ", ", k.sizes(), ", ",
+              v.sizes());
     const auto dtype = q.scalar_type();
-    TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16, "flash_tree_attn: q must be float16 or bfloat16, got ",
-                dtype);
-    TORCH_CHECK(k.scalar_type() == dtype && v.scalar_type() == dtype, "flash_tree_attn: q, k, v must share a dtype");
-    TORCH_CHECK(q.stride(-1) == 1 && k.stride(-1) == 1 && v.stride(-1) == 1,
-                "flash_tree_attn: q, k, v must have a contiguous last dimension");
-    TORCH_CHECK(k.sizes() == v.sizes(), "flash_tree_attn: k and v must have the same shape");
-    TORCH_CHECK(q.size(2) == k.size(2), "flash_tree_attn: q and k must have the same head dim");
-    TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0,
-                "flash_tree_attn: query heads must be a multiple of key/value heads; got ", q.size(1), " and ",
-                k.size(1));
+    FTA_CHECK(dtype == at::kHalf || dtype == at::kBFloat16, "q must be float16 or bfloat16, got ",
+              dtype);
+    FTA_CHECK(k.scalar_type() == dtype && v.scalar_type() == dtype, "q, k, v must share a dtype");
+    FTA_CHECK(q.stride(-1) == 1 && k.stride(-1) == 1 && v.stride(-1) == 1,
+              "q, k, v must have a contiguous last dimension");
+    FTA_CHECK(k.sizes() == v.sizes(), "k and v must have the same shape");
+    FTA_CHECK(q.size(2) == k.size(2), "q and k must have the same head dim");
+    FTA_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0,
+              "query heads must be a multiple of key/value heads; got ", q.size(1), " and ",
+              k.size(1));
     for (const at::Tensor *t : {&q, &k, &v}) {
         // The kernels move 16-byte vectors (8 elements) with cp.async.
-        TORCH_CHECK(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0 && t->stride(0) % 8 == 0 &&
-                        t->stride(1) % 8 == 0,
-                    "flash_tree_attn: q, k, v must start on a 16-byte boundary with token and head strides that are "
-                    "multiples of 8 elements; got strides ", t->strides(), " (call .contiguous() first)");
+        FTA_CHECK(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0 && t->stride(0) % 8 == 0 &&
+                      t->stride(1) % 8 == 0,
+                  "q, k, v must start on a 16-byte boundary with token and head strides that are "
+                  "multiples of 8 elements; got strides ", t->strides(), " (call .contiguous() first)");
     }
     const int64_t d = q.size(2);
-    TORCH_CHECK(d > 0 && d <= 256 && d % 8 == 0, "flash_tree_attn: head dim must be a multiple of 8 up to 256, got ", d);
-    TORCH_CHECK(head_dim_bucket(static_cast<int>(d)) > 0, "flash_tree_attn: head dim ", d,
-                " is larger than every head dim compiled into this build (", compiled_head_dims(),
-                "); rebuild with FLASH_TREE_ATTN_HEAD_DIMS including a larger bucket");
+    FTA_CHECK(d > 0 && d <= 256 && d % 8 == 0, "head dim must be a multiple of 8 up to 256, got ", d);
+    FTA_CHECK(head_dim_bucket(static_cast<int>(d)) > 0, "head dim ", d,
+              " is larger than every head dim compiled into this build (", compiled_head_dims(),
+              "); rebuild with FLASH_TREE_ATTN_HEAD_DIMS including a larger bucket");
 }
 
 void check_index(const at::Tensor &t, const char *name, int64_t length, const at::Tensor &q) {
-    TORCH_CHECK(t.scalar_type() == at::kInt, "flash_tree_attn: ", name, " must be int32, got ", t.scalar_type());
-    TORCH_CHECK(t.device() == q.device(), "flash_tree_attn: ", name, " must be on ", q.device());
-    TORCH_CHECK(t.dim() == 1 && t.is_contiguous(), "flash_tree_attn: ", name, " must be a contiguous 1-D tensor");
-    TORCH_CHECK(length < 0 || t.size(0) == length, "flash_tree_attn: ", name, " must have ", length,
-                " entries, got ", t.size(0));
+    FTA_CHECK(t.scalar_type() == at::kInt, name, " must be int32, got ", t.scalar_type());
+    FTA_CHECK(t.device() == q.device(), name, " must be on ", q.device());
+    FTA_CHECK(t.dim() == 1 && t.is_contiguous(), name, " must be a contiguous 1-D tensor");
+    FTA_CHECK(length < 0 || t.size(0) == length, name, " must have ", length,
+              " entries, got ", t.size(0));
 }
 
 KernelPath to_path(int64_t code) {
@@ -75,7 +117,7 @@ KernelPath to_path(int64_t code) {
         case 0: return KernelPath::kAuto;
         case 80: return KernelPath::kSm80;
         case 90: return KernelPath::kSm90;
-        default: TORCH_CHECK(false, "flash_tree_attn: kernel_path must be 0 (auto), 80 or 90, got ", code);
+        default: FTA_CHECK(false, "kernel_path must be 0 (auto), 80 or 90, got ", code);
     }
 }
 
@@ -87,19 +129,19 @@ std::optional<at::Tensor> fill_common(FwdParams &p, const at::Tensor &q, const a
                                       int64_t window_left, int64_t window_right, double softcap) {
     check_qkv(q, k, v);
     check_device_capability(q);
-    TORCH_CHECK(window_left == -1 && window_right == -1, "flash_tree_attn: sliding-window attention is not supported");
-    TORCH_CHECK(softcap == 0.0, "flash_tree_attn: softcap is not supported");
-    TORCH_CHECK(softmax_scale > 0.0, "flash_tree_attn: softmax_scale must be positive, got ", softmax_scale);
-    TORCH_CHECK(max_seqlen_q >= 0 && max_seqlen_k >= 0 && max_seqlen_q <= INT32_MAX && max_seqlen_k <= INT32_MAX,
-                "flash_tree_attn: max_seqlen out of range");
-    TORCH_CHECK(q.size(0) <= INT32_MAX && k.size(0) <= INT32_MAX, "flash_tree_attn: too many tokens for int32 indices");
+    FTA_CHECK(window_left == -1 && window_right == -1, "sliding-window attention is not supported");
+    FTA_CHECK(softcap == 0.0, "softcap is not supported");
+    FTA_CHECK(softmax_scale > 0.0, "softmax_scale must be positive, got ", softmax_scale);
+    FTA_CHECK(max_seqlen_q >= 0 && max_seqlen_k >= 0 && max_seqlen_q <= INT32_MAX && max_seqlen_k <= INT32_MAX,
+              "max_seqlen out of range");
+    FTA_CHECK(q.size(0) <= INT32_MAX && k.size(0) <= INT32_MAX, "too many tokens for int32 indices");
     check_index(cu_q, "cu_seqlens_q", -1, q);
     check_index(cu_k, "cu_seqlens_k", cu_q.size(0), q);
-    TORCH_CHECK(cu_q.size(0) >= 1, "flash_tree_attn: cu_seqlens must have at least one entry");
-    TORCH_CHECK(start_q.has_value() == end_k.has_value(),
-                "flash_tree_attn: pass both tree arrays or neither");
+    FTA_CHECK(cu_q.size(0) >= 1, "cu_seqlens must have at least one entry");
+    FTA_CHECK(start_q.has_value() == end_k.has_value(),
+              "pass both tree arrays or neither");
     if (start_q.has_value()) {
-        TORCH_CHECK(causal, "flash_tree_attn: tree attention requires causal=True");
+        FTA_CHECK(causal, "tree attention requires causal=True");
         check_index(*start_q, "tree_dfs_order_start_q", q.size(0), q);
         check_index(*end_k, "tree_dfs_order_end_k", k.size(0), q);
     }
@@ -162,9 +204,9 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor &q, const at::Tenso
     p.softmax_lse = lse.data_ptr<float>();
     if (q.size(0) > 0) {
         const char *err = run_fwd(p, to_path(kernel_path), at::cuda::getCurrentCUDAStream());
-        TORCH_CHECK(err == nullptr, "flash_tree_attn: ", err, " (head dim ", p.shape.head_dim, ", ",
-                    p.is_bf16 ? "bf16" : "fp16", ", causal=", causal, "; compiled head dims: ", compiled_head_dims(),
-                    "; shared memory per block: ", p.max_smem_per_block, " bytes)");
+        FTA_CHECK(err == nullptr, err, " (head dim ", p.shape.head_dim, ", ",
+                  p.is_bf16 ? "bf16" : "fp16", ", causal=", causal, "; compiled head dims: ", compiled_head_dims(),
+                  "; shared memory per block: ", p.max_smem_per_block, " bytes)");
         C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     return {out, lse};
@@ -180,22 +222,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
     BwdParams p;
     auto scratch = fill_common(p, q, k, v, cu_q, cu_k, start_q, end_k, max_seqlen_q, max_seqlen_k, softmax_scale,
                                causal, window_left, window_right, softcap);
-    TORCH_CHECK(dout.sizes() == q.sizes() && out.sizes() == q.sizes(), "flash_tree_attn: dout and out must be shaped like q");
-    TORCH_CHECK(dout.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type(),
-                "flash_tree_attn: dout and out must have q's dtype");
+    FTA_CHECK(dout.sizes() == q.sizes() && out.sizes() == q.sizes(), "dout and out must be shaped like q");
+    FTA_CHECK(dout.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type(),
+              "dout and out must have q's dtype");
     for (const at::Tensor *t : {&dout, &out}) {
-        TORCH_CHECK(t->stride(-1) == 1 && reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0 &&
-                        t->stride(0) % 8 == 0 && t->stride(1) % 8 == 0,
-                    "flash_tree_attn: dout and out need a contiguous last dim, a 16-byte aligned start and strides "
-                    "that are multiples of 8 elements; got strides ", t->strides());
+        FTA_CHECK(t->stride(-1) == 1 && reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0 &&
+                      t->stride(0) % 8 == 0 && t->stride(1) % 8 == 0,
+                  "dout and out need a contiguous last dim, a 16-byte aligned start and strides "
+                  "that are multiples of 8 elements; got strides ", t->strides());
     }
-    TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.dim() == 2 && lse.size(0) == q.size(1) &&
-                    lse.size(1) == q.size(0) && lse.is_contiguous(),
-                "flash_tree_attn: softmax_lse must be a contiguous float32 (heads, tokens) tensor");
+    FTA_CHECK(lse.scalar_type() == at::kFloat && lse.dim() == 2 && lse.size(0) == q.size(1) &&
+                  lse.size(1) == q.size(0) && lse.is_contiguous(),
+              "softmax_lse must be a contiguous float32 (heads, tokens) tensor");
     at::Tensor dlse_c;
     if (dlse.has_value()) {
         dlse_c = dlse->to(at::kFloat).contiguous();
-        TORCH_CHECK(dlse_c.sizes() == lse.sizes(), "flash_tree_attn: the LSE gradient must be shaped like softmax_lse");
+        FTA_CHECK(dlse_c.sizes() == lse.sizes(), "the LSE gradient must be shaped like softmax_lse");
         p.dsoftmax_lse = dlse_c.data_ptr<float>();
     }
     at::Tensor dq = at::empty_like(q);
@@ -236,9 +278,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
     p.dsoftmax_sum = dsum.data_ptr<float>();
     p.deterministic = deterministic;
     const char *err = run_bwd(p, to_path(kernel_path), at::cuda::getCurrentCUDAStream());
-    TORCH_CHECK(err == nullptr, "flash_tree_attn: ", err, " (head dim ", p.shape.head_dim, ", ",
-                p.is_bf16 ? "bf16" : "fp16", ", causal=", causal, "; compiled head dims: ", compiled_head_dims(),
-                "; shared memory per block: ", p.max_smem_per_block, " bytes)");
+    FTA_CHECK(err == nullptr, err, " (head dim ", p.shape.head_dim, ", ",
+              p.is_bf16 ? "bf16" : "fp16", ", causal=", causal, "; compiled head dims: ", compiled_head_dims(),
+              "; shared memory per block: ", p.max_smem_per_block, " bytes)");
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {dq, dk, dv};
 }
