@@ -23,7 +23,7 @@ namespace {
 // GPU test machine's gcc 13 does), that copy of the stream code cannot use the locale of the process's shared
 // libstdc++: formatting a number through it crashed the process (gcc 13) or printed nothing (gcc 12 with
 // -static-libstdc++), so a bad input got a segmentation fault instead of its error
-// (bench_results/binding-errors-gpu-machine-build-2026-11-30-session7.txt).
+// (bench_results/binding-errors-gpu-machine-build-2026-11-30-session8.txt).
 void append(std::string &s, const char *x) { s += x; }
 void append(std::string &s, const std::string &x) { s += x; }
 void append(std::string &s, bool x) { s += x ? "true" : "false"; }
@@ -76,26 +76,23 @@ int max_smem_per_block(const cudaDeviceProp &prop) {
 
 void check_qkv(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v) {
     FTA_CHECK(q.is_cuda() && k.is_cuda() && v.is_cuda(), "q, k, v must be CUDA tensors");
-    FTA_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
-              "q, k, v must be (tokens, heads, head_dim); got ", q.sizes(), ", ", k.sizes(), ", ",
-              v.sizes());
+    FTA_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "q, k, v must be (tokens, heads, head_dim); got ",
+              q.sizes(), ", ", k.sizes(), ", ", v.sizes());
     const auto dtype = q.scalar_type();
-    FTA_CHECK(dtype == at::kHalf || dtype == at::kBFloat16, "q must be float16 or bfloat16, got ",
-              dtype);
+    FTA_CHECK(dtype == at::kHalf || dtype == at::kBFloat16, "q must be float16 or bfloat16, got ", dtype);
     FTA_CHECK(k.scalar_type() == dtype && v.scalar_type() == dtype, "q, k, v must share a dtype");
     FTA_CHECK(q.stride(-1) == 1 && k.stride(-1) == 1 && v.stride(-1) == 1,
               "q, k, v must have a contiguous last dimension");
     FTA_CHECK(k.sizes() == v.sizes(), "k and v must have the same shape");
     FTA_CHECK(q.size(2) == k.size(2), "q and k must have the same head dim");
-    FTA_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0,
-              "query heads must be a multiple of key/value heads; got ", q.size(1), " and ",
-              k.size(1));
+    FTA_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0, "query heads must be a multiple of key/value heads; got ",
+              q.size(1), " and ", k.size(1));
     for (const at::Tensor *t : {&q, &k, &v}) {
         // The kernels move 16-byte vectors (8 elements) with cp.async.
         FTA_CHECK(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0 && t->stride(0) % 8 == 0 &&
                       t->stride(1) % 8 == 0,
-                  "q, k, v must start on a 16-byte boundary with token and head strides that are "
-                  "multiples of 8 elements; got strides ", t->strides(), " (call .contiguous() first)");
+                  "q, k, v must start on a 16-byte boundary with token and head strides that are multiples of 8 "
+                  "elements; got strides ", t->strides(), " (call .contiguous() first)");
     }
     const int64_t d = q.size(2);
     FTA_CHECK(d > 0 && d <= 256 && d % 8 == 0, "head dim must be a multiple of 8 up to 256, got ", d);
@@ -108,8 +105,7 @@ void check_index(const at::Tensor &t, const char *name, int64_t length, const at
     FTA_CHECK(t.scalar_type() == at::kInt, name, " must be int32, got ", t.scalar_type());
     FTA_CHECK(t.device() == q.device(), name, " must be on ", q.device());
     FTA_CHECK(t.dim() == 1 && t.is_contiguous(), name, " must be a contiguous 1-D tensor");
-    FTA_CHECK(length < 0 || t.size(0) == length, name, " must have ", length,
-              " entries, got ", t.size(0));
+    FTA_CHECK(length < 0 || t.size(0) == length, name, " must have ", length, " entries, got ", t.size(0));
 }
 
 KernelPath to_path(int64_t code) {
@@ -138,8 +134,7 @@ std::optional<at::Tensor> fill_common(FwdParams &p, const at::Tensor &q, const a
     check_index(cu_q, "cu_seqlens_q", -1, q);
     check_index(cu_k, "cu_seqlens_k", cu_q.size(0), q);
     FTA_CHECK(cu_q.size(0) >= 1, "cu_seqlens must have at least one entry");
-    FTA_CHECK(start_q.has_value() == end_k.has_value(),
-              "pass both tree arrays or neither");
+    FTA_CHECK(start_q.has_value() == end_k.has_value(), "pass both tree arrays or neither");
     if (start_q.has_value()) {
         FTA_CHECK(causal, "tree attention requires causal=True");
         check_index(*start_q, "tree_dfs_order_start_q", q.size(0), q);
