@@ -47,6 +47,10 @@ if __name__ == "__main__":
     parser.add_argument("label", nargs="?", default="current")
     parser.add_argument("--head-dims", default="128", help=f"comma-separated, of {sorted(SHAPES)}")
     args = parser.parse_args()
+    head_dims = [int(x) for x in args.head_dims.split(",")]
+    unknown = [d for d in head_dims if d not in SHAPES]
+    if unknown:
+        parser.error(f"--head-dims: no shape for {unknown}; choose from {sorted(SHAPES)}")
     torch.manual_seed(0)
-    cases = [(*shape, d) for d in (int(x) for x in args.head_dims.split(",")) for shape in SHAPES[d]]
+    cases = [(*shape, d) for d in head_dims for shape in SHAPES[d]]
     print(args.label, "|", " | ".join(case(*c) for c in cases), flush=True)
