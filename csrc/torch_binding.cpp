@@ -117,6 +117,13 @@ KernelPath to_path(int64_t code) {
     }
 }
 
+// run_fwd / run_bwd return nullptr or why no kernel ran; the error adds the configuration it was asked for.
+void check_kernel_ran(const char *err, const FwdParams &p) {
+    FTA_CHECK(err == nullptr, err, " (head dim ", p.shape.head_dim, ", ", p.is_bf16 ? "bf16" : "fp16",
+              ", causal=", p.causal, "; compiled head dims: ", compiled_head_dims(), "; shared memory per block: ",
+              p.max_smem_per_block, " bytes)");
+}
+
 // Fills everything the forward and backward share. Returns the tree-bounds scratch (kept alive by the caller).
 std::optional<at::Tensor> fill_common(FwdParams &p, const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
                                       const at::Tensor &cu_q, const at::Tensor &cu_k,
@@ -198,10 +205,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor &q, const at::Tenso
     p.o_head_stride = out.stride(1);
     p.softmax_lse = lse.data_ptr<float>();
     if (q.size(0) > 0) {
-        const char *err = run_fwd(p, to_path(kernel_path), at::cuda::getCurrentCUDAStream());
-        FTA_CHECK(err == nullptr, err, " (head dim ", p.shape.head_dim, ", ",
-                  p.is_bf16 ? "bf16" : "fp16", ", causal=", causal, "; compiled head dims: ", compiled_head_dims(),
-                  "; shared memory per block: ", p.max_smem_per_block, " bytes)");
+        check_kernel_ran(run_fwd(p, to_path(kernel_path), at::cuda::getCurrentCUDAStream()), p);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     return {out, lse};
@@ -272,10 +276,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
     p.dq_accum = dq_accum.data_ptr<float>();
     p.dsoftmax_sum = dsum.data_ptr<float>();
     p.deterministic = deterministic;
-    const char *err = run_bwd(p, to_path(kernel_path), at::cuda::getCurrentCUDAStream());
-    FTA_CHECK(err == nullptr, err, " (head dim ", p.shape.head_dim, ", ",
-              p.is_bf16 ? "bf16" : "fp16", ", causal=", causal, "; compiled head dims: ", compiled_head_dims(),
-              "; shared memory per block: ", p.max_smem_per_block, " bytes)");
+    check_kernel_ran(run_bwd(p, to_path(kernel_path), at::cuda::getCurrentCUDAStream()), p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {dq, dk, dv};
 }
