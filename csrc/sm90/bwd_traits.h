@@ -30,6 +30,8 @@ struct BwdTraits {
     static constexpr int kNThreads = 128 + kConsumerThreads;
     static constexpr int kProducerRegs = 24;
     static constexpr int kConsumerRegs = 240;
+    static_assert(register_split_fits(kProducerRegs, kConsumerRegs, kConsumerThreads),
+                  "the warpgroups' registers after setmaxnreg exceed what the CTA is launched with");
     static_assert(kBlockM % kBoundsGranule == 0 && kBlockN % kBoundsGranule == 0);
     static_assert(kHeadDim <= 128, "dK and dV accumulators of 64 x kHeadDim per warpgroup must fit in registers");
 

@@ -19,6 +19,17 @@ using KMajorAtom = std::conditional_t<
     kHeadDim % 64 == 0, GMMA::Layout_K_SW128_Atom<Element>,
     std::conditional_t<kHeadDim % 32 == 0, GMMA::Layout_K_SW64_Atom<Element>, GMMA::Layout_K_SW32_Atom<Element>>>;
 
+// setmaxnreg only moves registers between the warpgroups of a CTA: the pool is the kernel's register count
+// times its threads, and ptxas gives these __launch_bounds__(threads, 1) kernels the most that bound allows,
+// 64K / threads rounded down to whole 8-register units (168 for 384 threads, as it reports for each of them).
+// Warpgroups that ask for more than the others gave back wait for it forever (a 48 / 232 split of 384 threads
+// hung the forward's tests on the H200), so the split must fit that pool.
+constexpr int launch_registers_per_thread(int threads) { return 65536 / threads / 8 * 8; }
+constexpr bool register_split_fits(int producer_regs, int consumer_regs, int consumer_threads) {
+    return 128 * producer_regs + consumer_threads * consumer_regs <=
+           (128 + consumer_threads) * launch_registers_per_thread(128 + consumer_threads);
+}
+
 // Warp roles: warpgroup 0 produces (one warp issues TMA, the rest idle with few registers); warpgroups 1..
 // kConsumerWarpgroups consume, each owning 64 query rows of the block.
 template <int kHeadDim_, int kBlockN_, int kStages_, typename Element_>
@@ -33,10 +44,11 @@ struct FwdTraits {
     static constexpr int kNThreads = 128 + kConsumerThreads;
     static_assert(kBlockM % kBoundsGranule == 0 && kBlockN % kBoundsGranule == 0);
 
-    // Registers per thread after setmaxnreg: the producer gives most of its share to the consumers
-    // (128 * (kProducerRegs + 2 * kConsumerRegs) <= 64K).
+    // Registers per thread after setmaxnreg: the producer gives most of its share to the consumers.
     static constexpr int kProducerRegs = 24;
     static constexpr int kConsumerRegs = 240;
+    static_assert(register_split_fits(kProducerRegs, kConsumerRegs, kConsumerThreads),
+                  "the warpgroups' registers after setmaxnreg exceed what the CTA is launched with");
 
     // S = Q K^T: both operands from shared memory. O += P V: P from registers, V read transposed.
     using AtomLayout = Layout<Shape<Int<kConsumerWarpgroups>, _1, _1>>;
