@@ -4,7 +4,7 @@
 Tells whether a variant that is slower in a sustained benchmark needs more cycles or only ran at a lower clock:
 the H200 runs against its 700 W cap in long runs, so a kernel that draws more power gets a lower clock. How it
 was used (bench_results/RESULTS.md, 2026-11-30, ninth session): a persistent forward ran the chain at a higher
-median clock than the kept forward (1676 vs 1628 MHz) and was still slower, so it needed 7% more cycles.
+median clock than the kept forward (1672-1680 vs 1620-1635 MHz) and was still slower, so it needed 7% more cycles.
 
     python tools/gpu_clocks.py [--interval-ms 50] [--skip-s 1] [--gpu 0] -- python3 tools/tree_timing.py base
 
@@ -16,6 +16,7 @@ status is the command's.
 from __future__ import annotations
 
 import argparse
+import collections
 import shutil
 import statistics
 import subprocess
@@ -45,10 +46,7 @@ def summarize(samples: list[tuple[float, float, str]]) -> str:
         return "no samples (the command ran shorter than --skip-s, or nvidia-smi reported nothing)"
     clocks = [s[0] for s in samples]
     power = [s[1] for s in samples]
-    reasons: dict[str, int] = {}
-    for s in samples:
-        reasons[s[2]] = reasons.get(s[2], 0) + 1
-    seen = ", ".join(f"{r} x{n}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    seen = ", ".join(f"{r} x{n}" for r, n in collections.Counter(s[2] for s in samples).most_common())
     return (f"{len(samples)} samples: SM clock median {statistics.median(clocks):.0f} MHz (min {min(clocks):.0f}), "
             f"power median {statistics.median(power):.0f} W, reasons {seen}")
 
