@@ -221,14 +221,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
 
     const int head_q0 = head_kv * group;
     // Work items are (query head, query block); the non-empty query blocks are the same for every head, each
-    // head walks them anew.
+    // head walks them anew, the heads after the first only up to the last block the first found (m_end), so
+    // the scan past it (the empty blocks of later branches) is made once per CTA, not once per head.
     using Walk = TileWalk<kBlockM, kBlockN, /*kKeysDown=*/false>;
     const int m_start = query_block_begin<kBlockM, kBlockN>(seq, n_block);
-    Walk walk(n_block, m_start, m_blocks);
+    int m_end = m_blocks;
+    Walk walk(n_block, m_start, m_end);
     TileKind kind;
     int m_block = walk.next(seq, kind);
 
-    if (m_block < m_blocks) {
+    if (m_block < m_end) {
         int head = head_q0, stage = 0;
         load_q_do(head, m_block, 0);
         cute::cp_async_fence();
@@ -238,8 +240,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
             int next_head = head;
             TileKind next_kind;
             int next_m = walk.next(seq, next_kind);
-            if (next_m >= m_blocks && ++next_head < head_q0 + group) {
-                walk = Walk(n_block, m_start, m_blocks);
+            if (next_m >= m_end && ++next_head < head_q0 + group) {
+                if (head == head_q0) m_end = m_block + 1;  // m_block: the first head's last block
+                walk = Walk(n_block, m_start, m_end);
                 next_m = walk.next(seq, next_kind);
             }
             const bool has_next = next_head < head_q0 + group;

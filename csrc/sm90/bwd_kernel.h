@@ -29,16 +29,21 @@ namespace flash_tree_attn::sm90 {
 template <int kBlockM, int kBlockN, class F>
 __forceinline__ __device__ void for_each_query_tile(const BwdParams &params, const SeqMaskInfo &seq, int n_block,
                                                     int head_kv, F &&f) {
-    const int m_blocks = ceil_div(seq.seqlen_q, kBlockM);
-    // The non-empty query blocks are the same for every query head of the group: each head walks them anew.
+    // The non-empty query blocks are the same for every query head of the group: each head walks them anew,
+    // the heads after the first only up to the last block the first found, so the scan past it (the empty
+    // blocks of later branches, often most of the sequence) is made once per CTA, not once per head.
     const int m_start = query_block_begin<kBlockM, kBlockN>(seq, n_block);
     const int group = params.shape.num_heads_q / params.shape.num_heads_kv;
+    int m_end = ceil_div(seq.seqlen_q, kBlockM);
     for (int head = head_kv * group; head < (head_kv + 1) * group; ++head) {
-        TileWalk<kBlockM, kBlockN, /*kKeysDown=*/false> walk(n_block, m_start, m_blocks);
+        TileWalk<kBlockM, kBlockN, /*kKeysDown=*/false> walk(n_block, m_start, m_end);
         TileKind kind;
-        for (int m_block = walk.next(seq, kind); m_block < m_blocks; m_block = walk.next(seq, kind)) {
+        int m_last = m_start - 1;
+        for (int m_block = walk.next(seq, kind); m_block < m_end; m_block = walk.next(seq, kind)) {
             f(head, m_block, kind);
+            m_last = m_block;
         }
+        m_end = m_last + 1;
     }
 }
 

@@ -23,7 +23,8 @@
 namespace flash_tree_attn::sm90 {
 
 // Producer warp: Q once, then K and V of every non-empty key block, last block first (the causal diagonal
-// block, which needs the mask, goes first so later blocks run unmasked), then an end marker.
+// block, which needs the mask, goes first so later blocks run unmasked), each V one block behind its K, then
+// an end marker.
 template <typename Traits, class TmaQ, class TmaK, class TmaV, class Storage>
 __forceinline__ __device__ void produce(const FwdParams &params, const SeqMaskInfo &seq, Storage &smem,
                                         TmaQ const &tma_q, TmaK const &tma_k, TmaV const &tma_v, int m_block,
@@ -60,7 +61,20 @@ __forceinline__ __device__ void produce(const FwdParams &params, const SeqMaskIn
         copy(tma_q.with(smem.q_full), tQgQ, tQsQ);
     }
 
+    // Requests follow the order in which the consumers need the tiles: K of block j + 1 (for S_{j+1}) before V
+    // of block j (for the PV GEMM issued after it), so V of each block is queued one block late. K's stage frees
+    // when S_{j-1} has retired, V's only when the PV GEMM of block j - 2 has, so queuing V first held every K
+    // back by a PV GEMM.
     StageCursor<Traits::kStages> cur;
+    StageCursor<Traits::kStages> v_cur;  // the stage of the block whose V is still to be queued
+    int v_block = -1;
+    auto queue_v = [&]() {
+        wait_empty(smem.v_empty[v_cur.stage], v_cur.phase);
+        if (leader) {
+            TxBarrier::arrive_and_expect_tx(&smem.v_full[v_cur.stage], Traits::kKVBytes);
+            copy(tma_v.with(smem.v_full[v_cur.stage]), tVgV(_, v_block), tVsV(_, v_cur.stage));
+        }
+    };
     TileWalk<kBlockM, kBlockN, /*kKeysDown=*/true> walk(m_block, key_block_end<kBlockM, kBlockN>(seq, m_block) - 1, -1);
     TileKind kind;
     int n_block = walk.next(seq, kind);
@@ -73,14 +87,13 @@ __forceinline__ __device__ void produce(const FwdParams &params, const SeqMaskIn
             TxBarrier::arrive_and_expect_tx(&smem.k_full[s], Traits::kKVBytes);
             copy(tma_k.with(smem.k_full[s]), tKgK(_, n_block), tKsK(_, s));
         }
-        wait_empty(smem.v_empty[s], cur.phase);
-        if (leader) {
-            TxBarrier::arrive_and_expect_tx(&smem.v_full[s], Traits::kKVBytes);
-            copy(tma_v.with(smem.v_full[s]), tVgV(_, n_block), tVsV(_, s));
-        }
+        if (v_block >= 0) queue_v();
+        v_block = n_block;
+        v_cur = cur;
         n_block = walk.next(seq, kind);
         cur.advance();
     }
+    if (v_block >= 0) queue_v();
     wait_empty(smem.k_empty[cur.stage], cur.phase);
     if (leader) {
         smem.stage_block[cur.stage] = kNoBlock;
@@ -129,9 +142,9 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
     // Software pipeline across key blocks: S_j = Q K_j is issued together with O += P_{j-1} V_{j-1}, so the
     // tensor cores run the second GEMM of one block while this warpgroup does the softmax of the next. P_{j-1}
     // lives in its own registers (tOrP) because acc_s is overwritten by S_j while that GEMM still reads P, and
-    // acc_o is only rescaled after the PV GEMM has retired. Holding V_{j-1} while waiting for K_{j+1} (below)
-    // needs a second stage: with one, the producer could not load V_j, which comes before K_{j+1}.
-    static_assert(Traits::kStages >= 2, "the consumer holds V of one block while waiting for K of the next");
+    // acc_o is only rescaled after the PV GEMM has retired. Two stages let K_{j+1} load while S_j reads K_j,
+    // and V_j while the PV GEMM of block j - 1 reads V_{j-1}.
+    static_assert(Traits::kStages >= 2, "K and V of the next block load while the current block is computed");
     Tensor acc_s = partition_fragment_C(mma_s, Shape<Int<kBlockM>, Int<kBlockN>>{});
     Tensor scores = acc_rowcol(acc_s);
     Tensor acc_o_rc = acc_rowcol(acc_o);
@@ -195,9 +208,9 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
             // The next block's K (or the end marker) is waited for here, before waiting for the PV GEMM: ptxas
             // hoists the wgmma wait to the top of its basic block, which would put it ahead of the softmax
             // above and serialise the two again; the mbarrier wait loop ends the block. The producer needs
-            // nothing from this iteration to deliver that K: its stage was released by an earlier block, and
-            // the V load queued before it (V_j) reuses the stage of V_{j-2} or older, released in the
-            // previous iteration, so this cannot deadlock.
+            // nothing from this iteration to deliver that K: its stage was released when S_{j-1} retired, and
+            // the one V load queued before it (V_{j-1}) reuses the stage of V_{j-3}, released two iterations
+            // ago, so this cannot deadlock.
             const StageCursor<Traits::kStages> v_stage = prev;
             prev = cur;
             cur.advance();
