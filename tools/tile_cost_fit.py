@@ -12,7 +12,7 @@ partial / full and CTA / full, and each workload's residual, then the same witho
 is one tile for one query head: a backward CTA owns a key block of one key/value head and visits each tile
 once per query head of its group. Repeated lines of one label are averaged. With five workloads and three
 terms the fit is a description, not a proof: a kind of tile costs what the time of the workloads that have
-many of them says, whatever happens there (bench_results/RESULTS.md, tenth session, has the fits of the sm90
+many of them says, whatever happens there (bench_results/RESULTS.md, 2026-11-30, has the fits of the sm90
 and sm80 kernels and what else was measured).
 
     python tools/tile_cost_fit.py --kernel sm90-bwd bench_results/bench-h200-2026-11-30-experiment-session10-call-a.txt
