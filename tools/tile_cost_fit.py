@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tile_stats  # noqa: E402
 
-# Tile shape (query rows, keys) of each kernel at head dim 128, and whether its time is the backward's.
-KERNELS = {"sm80-fwd": (128, 64, False), "sm80-bwd": (64, 128, True), "sm90-fwd": (128, 128, False),
-           "sm90-bwd": (64, 128, True)}
+# Tile shape (query rows, keys) of each kernel at head dim 128, and whether its CTA owns a key block (the
+# backward, whose '/ bwd' times it fits): tile_stats.py's list, named sm80-fwd, sm80-bwd, ...
+KERNELS = {label.replace(" ", "-"): (bm, bn, per_key_block) for label, bm, bn, per_key_block in tile_stats.KERNEL_TILES}
 _ENTRY = re.compile(r"^(\S+) ([0-9.]+)(?: / bwd ([0-9.]+))?$")
 
 
@@ -72,7 +73,6 @@ def fit(times: dict[str, float], counts: dict[str, tuple[float, float, float]], 
 def workload_counts(names, kernel: str) -> dict[str, tuple[float, float, float]]:
     """(full tile steps, partial tile steps, CTAs) per workload for the kernel's tiles (tile_stats.py)."""
     import bench_lib as bl
-    import tile_stats
 
     block_m, block_n, backward = KERNELS[kernel]
     counts = {}
