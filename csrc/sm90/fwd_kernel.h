@@ -142,8 +142,10 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
     // Software pipeline across key blocks: S_j = Q K_j is issued together with O += P_{j-1} V_{j-1}, so the
     // tensor cores run the second GEMM of one block while this warpgroup does the softmax of the next. P_{j-1}
     // lives in its own registers (tOrP) because acc_s is overwritten by S_j while that GEMM still reads P, and
-    // acc_o is only rescaled after the PV GEMM has retired. Two stages let K_{j+1} load while S_j reads K_j,
-    // and V_j while the PV GEMM of block j - 1 reads V_{j-1}.
+    // acc_o is rescaled between PV GEMMs: after S_j is issued and before O += P_{j-1} V_{j-1} is, so the
+    // multiplies run while the tensor cores already have S_j (rescaling before S_j's issue left them idle for
+    // that long: 1-2.6% of the forward, bench_results/RESULTS.md). Two stages let K_{j+1} load while S_j reads
+    // K_j, and V_j while the PV GEMM of block j - 1 reads V_{j-1}.
     static_assert(Traits::kStages >= 2, "K and V of the next block load while the current block is computed");
     Tensor acc_s = partition_fragment_C(mma_s, Shape<Int<kBlockM>, Int<kBlockN>>{});
     Tensor scores = acc_rowcol(acc_s);
@@ -166,11 +168,12 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
         for (int i = 0; i < size(p); ++i) tOrP(i) = p(i);
     };
 
+    float factor[kRows];  // the rescale the last softmax owes acc_o, applied before the next PV GEMM
     StageCursor<Traits::kStages> cur;
     wait_full(smem.k_full[cur.stage], cur.phase);
     int n_block = smem.stage_block[cur.stage];
     if (n_block != kNoBlock) {
-        // Prologue: block 0 alone. acc_o is still zero, so its rescale factor is not needed.
+        // Prologue: block 0 alone. acc_o is still zero; rescaling it by block 0's (finite) factor keeps it so.
         {
             const int s = cur.stage;
             const TileKind kind = static_cast<TileKind>(smem.stage_kind[s]);
@@ -179,8 +182,7 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
             warpgroup_fence_operand(acc_s);
             release(smem.k_empty[s]);
             mask_if_partial(kind, n_block);
-            float unused[kRows];
-            softmax.update_scores(scores, params.softmax_scale_log2, unused);
+            softmax.update_scores(scores, params.softmax_scale_log2, factor);
             convert_p();
         }
         // `prev` is the stage holding V of the block whose probabilities sit in tOrP; `cur` is the stage of
@@ -195,6 +197,7 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
             const TileKind kind = static_cast<TileKind>(smem.stage_kind[s]);
 
             wgmma_issue</*kZeroInit=*/true>(mma_s, tSrQ, tSrK(_, _, _, s), acc_s);
+            softmax.rescale(acc_o_rc, factor);
             wait_full(smem.v_full[prev.stage], prev.phase);
             wgmma_issue</*kZeroInit=*/false>(mma_o, tOrP, tOrV(_, _, _, prev.stage), acc_o);
             // Batches retire in order: one left pending means S_j is done and only the PV GEMM may still run.
@@ -202,7 +205,6 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
             warpgroup_fence_operand(acc_s);
             release(smem.k_empty[s]);
             mask_if_partial(kind, n_block);
-            float factor[kRows];
             softmax.update_scores(scores, params.softmax_scale_log2, factor);
 
             // The next block's K (or the end marker) is waited for here, before waiting for the PV GEMM: ptxas
@@ -222,10 +224,10 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
             warpgroup_fence_operand(tOrP);
             warpgroup_fence_operand(acc_o);
             release(smem.v_empty[v_stage.stage]);
-            softmax.rescale(acc_o_rc, factor);
             convert_p();
         }
         // Epilogue of the pipeline: the last block's O += P V.
+        softmax.rescale(acc_o_rc, factor);
         wait_full(smem.v_full[prev.stage], prev.phase);
         wgmma_issue</*kZeroInit=*/false>(mma_o, tOrP, tOrV(_, _, _, prev.stage), acc_o);
         warpgroup_wait<0>();
