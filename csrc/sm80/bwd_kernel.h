@@ -222,7 +222,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
     const int head_q0 = head_kv * group;
     // Work items are (query head, query block); the non-empty query blocks are the same for every head, each
     // head walks them anew, the heads after the first only up to the last block the first found (m_end), so
-    // the scan past it (the empty blocks of later branches) is made once per CTA, not once per head.
+    // the scan past it (the empty blocks of later branches) is made once per CTA, not once per head. The sm90
+    // backward's for_each_query_tile walks the same items; one shared walker (tried, bench_results/RESULTS.md,
+    // eleventh session) cost this kernel 0.8-2.3% through the registers its state held across the loop.
     using Walk = TileWalk<kBlockM, kBlockN, /*kKeysDown=*/false>;
     const int m_start = query_block_begin<kBlockM, kBlockN>(seq, n_block);
     int m_end = m_blocks;

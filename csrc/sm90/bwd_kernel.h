@@ -31,7 +31,8 @@ __forceinline__ __device__ void for_each_query_tile(const BwdParams &params, con
                                                     int head_kv, F &&f) {
     // The non-empty query blocks are the same for every query head of the group: each head walks them anew,
     // the heads after the first only up to the last block the first found, so the scan past it (the empty
-    // blocks of later branches, often most of the sequence) is made once per CTA, not once per head.
+    // blocks of later branches, often most of the sequence) is made once per CTA, not once per head. The sm80
+    // backward's loop applies the same rule inline (it prefetches one item ahead).
     const int m_start = query_block_begin<kBlockM, kBlockN>(seq, n_block);
     const int group = params.shape.num_heads_q / params.shape.num_heads_kv;
     int m_end = ceil_div(seq.seqlen_q, kBlockM);

@@ -144,7 +144,7 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
     // lives in its own registers (tOrP) because acc_s is overwritten by S_j while that GEMM still reads P, and
     // acc_o is rescaled between PV GEMMs: after S_j is issued and before O += P_{j-1} V_{j-1} is, so the
     // multiplies run while the tensor cores already have S_j (rescaling before S_j's issue left them idle for
-    // that long: 1-2.6% of the forward, bench_results/RESULTS.md). Two stages let K_{j+1} load while S_j reads
+    // that long: up to 2.7% of the forward, bench_results/RESULTS.md). Two stages let K_{j+1} load while S_j reads
     // K_j, and V_j while the PV GEMM of block j - 1 reads V_{j-1}.
     static_assert(Traits::kStages >= 2, "K and V of the next block load while the current block is computed");
     Tensor acc_s = partition_fragment_C(mma_s, Shape<Int<kBlockM>, Int<kBlockN>>{});
