@@ -1,4 +1,4 @@
-"""tools/bound_margin.py: seeded draws of test_grpo_tree's case, the error-bound ratio and the CPU emulation."""
+"""tools/bound_margin.py: seeded draws of test_grpo_tree's case, the error-bound ratio and the emulation. CPU only."""
 from __future__ import annotations
 
 import sys
@@ -47,7 +47,7 @@ def test_emulation_matches_the_reference_closely():
 
 
 def test_main_prints_one_line_per_output(capsys):
-    assert bm.main(["--runs", "2", "--emulate", "--head-dim", "64", "--seed", "5"]) == 0
+    assert bm.main(["--runs", "2", "--emulate", "--device", "cpu", "--head-dim", "64", "--seed", "5"]) == 0
     out = capsys.readouterr().out
     assert "2 draws from seed 5" in out
     assert sum("above 1:" in line for line in out.splitlines()) == len(bm.OUTPUTS)
@@ -57,3 +57,5 @@ def test_main_prints_one_line_per_output(capsys):
 def test_without_a_gpu_the_kernel_mode_says_so(capsys):
     assert bm.main(["--runs", "1"]) == 2
     assert "--emulate" in capsys.readouterr().err
+    assert bm.main(["--runs", "1", "--emulate", "--device", "cuda"]) == 2
+    assert "--device cpu" in capsys.readouterr().err

@@ -7,12 +7,13 @@ about whether the kernel or the margin is at fault, so this script draws test_gr
 2 x group query heads, 2 key/value heads) many times, each draw seeded so it can be regenerated, and prints per
 output the distribution of max error / bound (above 1 the test fails) and the seed of the worst draw.
 
-With --emulate the kernels are replaced by a CPU emulation of their numerics: scores, the softmax and dP in
+With --emulate the kernels are replaced by an emulation of their numerics: scores, the softmax and dP in
 fp32, P and dS rounded to the input dtype before the GEMMs that take them, every gradient summed in fp32 and
 rounded once. It shows how close correct numerics alone come to the bound, to set a GPU run's ratios against.
+The references (and the emulation) run on the GPU when there is one, as in the tests, else on the CPU.
 
     python tools/bound_margin.py --runs 200 --path sm80      # the GPU, our kernels on the given path
-    python tools/bound_margin.py --runs 200 --emulate         # the CPU emulation
+    python tools/bound_margin.py --runs 200 --emulate         # the emulation (--device cpu|cuda to choose)
     options: --group 1 --head-dim 128 --dtype bf16 --seed 0 --save-worst FILE.pt (that draw's inputs)
 """
 from __future__ import annotations
@@ -54,8 +55,8 @@ def emulate(lay, q, k, v, g):
     """out, dq, dk, dv with the kernels' roundings (module docstring), fp32 sums, one rounding at the end."""
     dtype, group = q.dtype, q.shape[1] // k.shape[1]
     scale = 1.0 / math.sqrt(q.shape[-1])
-    acc = {name: torch.zeros(t.shape, dtype=torch.float32) for name, t in (("out", q), ("dq", q), ("dk", k),
-                                                                             ("dv", v))}
+    acc = {name: torch.zeros(t.shape, dtype=torch.float32, device=q.device)
+           for name, t in (("out", q), ("dq", q), ("dk", k), ("dv", v))}
     cu = lay.cu_seqlens.tolist()
     for b in range(len(cu) - 1):
         lo, hi = cu[b], cu[b + 1]
@@ -129,15 +130,20 @@ def main(argv=None) -> int:
     ap.add_argument("--group", type=int, default=1, help="query heads per key/value head")
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    ap.add_argument("--emulate", action="store_true", help="the CPU emulation instead of the kernels")
+    ap.add_argument("--emulate", action="store_true", help="the emulation instead of the kernels")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                    help="where the references (and the emulation) run; default the GPU when there is one")
     ap.add_argument("--path", default=None, help="kernel path (FLASH_TREE_ATTN_PATH) for the GPU runs")
     ap.add_argument("--save-worst", default=None, help="torch.save the worst draw's inputs (by dq) here")
     args = ap.parse_args(argv)
     if args.path:
         os.environ["FLASH_TREE_ATTN_PATH"] = args.path
-    device = "cpu" if args.emulate else "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
-        print("bound_margin: no GPU; pass --emulate for the CPU emulation", file=sys.stderr)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if (device == "cuda" or not args.emulate) and not torch.cuda.is_available():
+        print("bound_margin: no GPU; pass --emulate (and --device cpu) for the CPU emulation", file=sys.stderr)
+        return 2
+    if not args.emulate and device != "cuda":
+        print("bound_margin: our kernels run on the GPU; --device cpu goes with --emulate", file=sys.stderr)
         return 2
     dtype = DTYPES[args.dtype]
     rows = []
@@ -146,7 +152,8 @@ def main(argv=None) -> int:
         lay, q, k, v, g = draw(seed, args.group, args.head_dim, dtype, device)
         got = emulate(lay, q, k, v, g) if args.emulate else ours(lay, q, k, v, g)
         rows.append((seed, ratios(got, *references(lay, q, k, v, g))))
-    what = "emulation (CPU)" if args.emulate else f"kernels, path {os.environ.get('FLASH_TREE_ATTN_PATH', 'auto')}"
+    what = f"emulation ({device})" if args.emulate else (
+        f"kernels, path {os.environ.get('FLASH_TREE_ATTN_PATH', 'auto')}")
     print(f"bound_margin: {what}, {args.runs} draws from seed {args.seed}, group {args.group}, head dim "
           f"{args.head_dim}, {args.dtype}; max error / bound per output:")
     for line in summarize(rows):
