@@ -1,7 +1,7 @@
 // Online softmax over accumulator rows, and the element mask applied to a partial tile. Both work on
 // (rows, cols) views of an MMA accumulator (sm80/utils.h and sm90/utils.h build them); in both the mma.sync
 // and the wgmma accumulator a row is spread over the 4 threads of a quad. The masking rule itself is
-// key_visible() in tree_mask.h.
+// masked_pair_visible() in tree_mask.h.
 #pragma once
 
 #include <cmath>
@@ -25,49 +25,76 @@ __forceinline__ __device__ float quad_sum(float x) {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-// Sets masked scores of one tile to -inf. `coord` is the identity tensor partitioned like the scores (rowcol
-// view) giving tile-local (row, col); with kTransposed the tile is S^T, as computed by backward kernels that
-// own key rows: its rows are keys and its columns queries. The other arguments keep their meaning either
-// way: row0 / seqlen_q / tile_start_q are about queries, col0 / seqlen_k / tile_end_k about keys.
-// tile_start_q[i] and tile_end_k[j] are the tree values of the tile's i-th query and j-th key (tile-local
-// indices), nullptr without a tree; entries past the sequence are never read. The sm80 kernels and the sm90
-// backward stage them in shared memory with the tile, so that a partial tile does not wait on global loads;
-// the sm90 forward passes global memory (staging them through its producer warp measured slower on a chain).
-// The values of the view's rows are read once into registers, those of its columns inside the loop.
-// A transposed tile also masks its queries past the sequence: the sm90 backward, the only kernel that computes
-// S^T, loads whole query tiles by TMA, so those are the next sequence's rows, and their scores against this
-// sequence's keys may overflow (the kernel marks a query block that runs past the sequence partial).
-template <bool kTransposed, class S, class C>
-__forceinline__ __device__ void mask_tile(S &scores, C const &coord, int row0, int col0, int seqlen_q, int seqlen_k,
-                                          int diag, const int *tile_start_q, const int *tile_end_k) {
-    auto start_of = [&](int i) {  // tree start of the tile's i-th query
-        return (tile_start_q != nullptr && row0 + i < seqlen_q) ? tile_start_q[i] : kNoTreeStart;
-    };
-    auto end_of = [&](int j) {  // tree end of the tile's j-th key
-        return (tile_end_k != nullptr && col0 + j < seqlen_k) ? tile_end_k[j] : kNoTreeEnd;
-    };
-    constexpr int kRows = decltype(size<0>(scores))::value;
-    int row_tree[kRows];
+// Sets the masked scores of one tile to -inf: masked_pair_visible (tree_mask.h) for every score. `coord` is
+// the identity tensor partitioned like the scores (rowcol view), giving tile-local (row, col). With kTransposed
+// the tile is S^T, as the sm90 backward computes it: its rows are keys and its columns queries. row_value[r] is
+// the mask value of view row r and col_value(c) that of view column c (tree_mask.h: query values for queries,
+// key values for keys); diag_local is the causal diagonal in tile-local indices, diag + (first query) - (first
+// key): the pair (local key k, local query q) passes the causal test iff k - q <= diag_local.
+// A pair costs two comparisons and a select: the causal test is rearranged into a comparison of the column's
+// offset from this thread's first column (a constant of the unrolled loop) with a limit per row.
+template <bool kTransposed, int kRows, class S, class C, class ColValue>
+__forceinline__ __device__ void mask_tile_values(S &scores, C const &coord, int diag_local,
+                                                 const int (&row_value)[kRows], ColValue &&col_value) {
+    static_assert(decltype(size<0>(scores))::value == kRows);
+    const int j0 = get<1>(coord(0, 0));
+    int limit[kRows];
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
         const int i = get<0>(coord(r, 0));
-        row_tree[r] = kTransposed ? end_of(i) : start_of(i);
+        // Not transposed: key - query = j - i <= diag_local  <=>  j - j0 <= diag_local + i - j0.
+        // Transposed:     key - query = i - j <= diag_local  <=>  j - j0 >= i - diag_local - j0.
+        limit[r] = kTransposed ? i - diag_local - j0 : diag_local + i - j0;
     }
 #pragma unroll
     for (int c = 0; c < size<1>(scores); ++c) {
-        const int j = get<1>(coord(0, c));
-        const int col_tree = kTransposed ? start_of(j) : end_of(j);
-        const bool query_in_sequence = !kTransposed || row0 + j < seqlen_q;
+        const int dj = get<1>(coord(0, c)) - j0;
+        const int value = col_value(c);
 #pragma unroll
         for (int r = 0; r < kRows; ++r) {
-            const int i = get<0>(coord(r, 0));
-            const int query = row0 + (kTransposed ? j : i);
-            const int key = col0 + (kTransposed ? i : j);
-            const bool visible = kTransposed
-                                     ? query_in_sequence && key_visible(query, key, seqlen_k, diag, col_tree, row_tree[r])
-                                     : key_visible(query, key, seqlen_k, diag, row_tree[r], col_tree);
-            if (!visible) scores(r, c) = -INFINITY;
+            const bool causal = kTransposed ? dj >= limit[r] : dj <= limit[r];
+            const bool tree = kTransposed ? value <= row_value[r] : row_value[r] <= value;
+            if (!(causal && tree)) scores(r, c) = -INFINITY;
         }
+    }
+}
+
+// The element mask of a tile of S (rows are queries) whose tree values are staged in shared memory:
+// tile_start_q[i] and tile_end_k[j] of the tile's i-th query and j-th key (tile-local), nullptr without a
+// tree; entries past the sequence are never read. Queries past the sequence are left unmasked, as their rows
+// are never stored (the sm80 kernels load zeros there). The values of the view's rows are read once into
+// registers, those of its columns inside the loop. kPerPair evaluates key_visible pair by pair instead of
+// going through mask_tile_values: the sm80 backward, whose loop runs at 255 registers, spills more and runs
+// 1.4-2.4% slower with mask_tile_values' per-row limits (bench_results/RESULTS.md, 2026-11-30).
+template <bool kPerPair, class S, class C>
+__forceinline__ __device__ void mask_tile(S &scores, C const &coord, int row0, int col0, int seqlen_q, int seqlen_k,
+                                          int diag, const int *tile_start_q, const int *tile_end_k) {
+    constexpr int kRows = decltype(size<0>(scores))::value;
+    int row_value[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+        const int i = get<0>(coord(r, 0));
+        row_value[r] = (tile_start_q != nullptr && row0 + i < seqlen_q) ? tile_start_q[i] : kNoTreeStart;
+    }
+    auto end_of = [&](int j) {  // tree end of the tile's j-th key
+        return (tile_end_k != nullptr && col0 + j < seqlen_k) ? tile_end_k[j] : kNoTreeEnd;
+    };
+    if constexpr (kPerPair) {
+#pragma unroll
+        for (int c = 0; c < size<1>(scores); ++c) {
+            const int j = get<1>(coord(0, c));
+            const int col_end = end_of(j);
+#pragma unroll
+            for (int r = 0; r < kRows; ++r) {
+                const int i = get<0>(coord(r, 0));
+                if (!key_visible(row0 + i, col0 + j, seqlen_k, diag, row_value[r], col_end)) scores(r, c) = -INFINITY;
+            }
+        }
+    } else {
+        mask_tile_values</*kTransposed=*/false>(scores, coord, diag + row0 - col0, row_value, [&](int c) {
+            const int j = get<1>(coord(0, c));
+            return key_mask_value(col0 + j < seqlen_k, end_of(j));
+        });
     }
 }
 

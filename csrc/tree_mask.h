@@ -13,15 +13,36 @@ __host__ __device__ __forceinline__ int causal_diagonal(bool causal, int seqlen_
 }
 
 // Tree values of tokens outside a tree (or when no tree is given): they never hide anything.
-constexpr int kNoTreeStart = INT_MIN;
-constexpr int kNoTreeEnd = INT_MAX;
+constexpr int kNoTreeStart = INT_MIN + 1;
+constexpr int kNoTreeEnd = INT_MAX - 1;
 
-// row_start = tree_dfs_order_start_q of the query, col_end = tree_dfs_order_end_k of the key. With tokens
-// in DFS order, causality gives start[key] <= start[query], so start[query] <= end[key] says the key's
-// node is an ancestor of (or is) the query's node.
+// The rule for query row `row` and key `col` of one sequence: visible iff col < seqlen_k, col <= row + diag
+// and start <= end, where start = tree_dfs_order_start_q of the query and end = tree_dfs_order_end_k of the
+// key. With tokens in DFS order, causality gives start[key] <= start[query], so start[query] <= end[key] says
+// the key's node is an ancestor of (or is) the query's node.
+//
 __host__ __device__ __forceinline__ bool key_visible(int row, int col, int seqlen_k, int diag, int row_start,
                                                      int col_end) {
     return col < seqlen_k && col <= row + diag && row_start <= col_end;
+}
+
+// The kernels mostly apply it with the sequence bounds folded into the tree values: each query and each key of a
+// tile carries one "mask value", so that a pair's test is one causal comparison of indices and one comparison
+// of two values (masked_pair_visible). A key past the sequence (kKeyOutside) is seen by no query; a query past
+// the sequence may be given kQueryOutside, which sees no key (the sm90 backward needs that: it loads the next
+// sequence's rows there). The values of tokens without a tree lie strictly between the two.
+constexpr int kQueryOutside = INT_MAX;
+constexpr int kKeyOutside = INT_MIN;
+
+__host__ __device__ __forceinline__ int query_mask_value(bool in_sequence, int tree_start) {
+    return in_sequence ? tree_start : kQueryOutside;
+}
+__host__ __device__ __forceinline__ int key_mask_value(bool in_sequence, int tree_end) {
+    return in_sequence ? tree_end : kKeyOutside;
+}
+__host__ __device__ __forceinline__ bool masked_pair_visible(int key_minus_query, int diag, int query_value,
+                                                             int key_value) {
+    return key_minus_query <= diag && query_value <= key_value;
 }
 
 }  // namespace flash_tree_attn

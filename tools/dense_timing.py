@@ -5,7 +5,7 @@ The same-run A/Bs of bench_results/RESULTS.md: swap the extension between runs, 
 the lines. Backward = median(forward + backward) - median(forward), triton's do_bench. Head dim 128 times two
 shapes; --head-dims 64,192,256 times the benchmark's D=64 / D=256 dense shapes (and D=192 like D=256) instead.
 
-    FLASH_TREE_ATTN_PATH=sm90 python3 tools/dense_timing.py LABEL [--head-dims 128,64,256]
+    FLASH_TREE_ATTN_PATH=sm90 python3 tools/dense_timing.py LABEL [--head-dims 128,64,256] [--forward-only]
 """
 import argparse
 
@@ -22,7 +22,7 @@ SHAPES = {  # head dim -> (batch, length, heads): workloads.json's dense rows, a
 }
 
 
-def case(batch: int, length: int, heads: int, d: int = 128) -> str:
+def case(batch: int, length: int, heads: int, d: int = 128, backward: bool = True) -> str:
     q, k, v = (torch.randn(batch * length, heads, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))
     cu = torch.arange(0, (batch + 1) * length, length, device="cuda", dtype=torch.int32)
@@ -36,8 +36,10 @@ def case(batch: int, length: int, heads: int, d: int = 128) -> str:
         fwd().backward(grad)
 
     f = triton.testing.do_bench(fwd, warmup=50, rep=400)
-    fb = triton.testing.do_bench(fwd_bwd, warmup=30, rep=800)
     flops = 4 * batch * length * (length + 1) / 2 * d * heads
+    if not backward:
+        return f"B{batch} L{length} H{heads} D{d}: fwd {f:.3f} ms ({flops / f / 1e9:.0f} TF)"
+    fb = triton.testing.do_bench(fwd_bwd, warmup=30, rep=800)
     return (f"B{batch} L{length} H{heads} D{d}: fwd {f:.3f} ms ({flops / f / 1e9:.0f} TF) "
             f"bwd {fb - f:.3f} ms ({2.5 * flops / (fb - f) / 1e9:.0f} TF)")
 
@@ -46,6 +48,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("label", nargs="?", default="current")
     parser.add_argument("--head-dims", default="128", help=f"comma-separated, of {sorted(SHAPES)}")
+    parser.add_argument("--forward-only", action="store_true", help="time the forward alone")
     args = parser.parse_args()
     head_dims = [int(x) for x in args.head_dims.split(",")]
     unknown = [d for d in head_dims if d not in SHAPES]
@@ -53,4 +56,4 @@ if __name__ == "__main__":
         parser.error(f"--head-dims: no shape for {unknown}; choose from {sorted(SHAPES)}")
     torch.manual_seed(0)
     cases = [(*shape, d) for d in head_dims for shape in SHAPES[d]]
-    print(args.label, "|", " | ".join(case(*c) for c in cases), flush=True)
+    print(args.label, "|", " | ".join(case(*c, backward=not args.forward_only) for c in cases), flush=True)

@@ -283,9 +283,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
             Tensor s = acc_rowcol(acc_s);
             Tensor dp = acc_rowcol(acc_dp);
             if (kind == TileKind::kPartial) {
-                mask_tile</*kTransposed=*/false>(s, tScS_rc, row0, col0, seqlen_q, seqlen_k, seq.diag,
-                                                 has_tree ? rows.start_q[stage] : nullptr,
-                                                 has_tree ? rows.end_k : nullptr);
+                mask_tile</*kPerPair=*/true>(s, tScS_rc, row0, col0, seqlen_q, seqlen_k, seq.diag,
+                                             has_tree ? rows.start_q[stage] : nullptr,
+                                             has_tree ? rows.end_k : nullptr);
             }
 #pragma unroll
             for (int r = 0; r < kRows; ++r) {

@@ -131,9 +131,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fwd_kernel(const __grid_
 
             Tensor scores = acc_rowcol(acc_s);
             if (kind == TileKind::kPartial) {
-                mask_tile</*kTransposed=*/false>(scores, tScS_rc, row0, n_block * kBlockN, seqlen_q, seqlen_k,
-                                                 seq.diag, has_tree ? tree.start_q : nullptr,
-                                                 has_tree ? tree.end_k : nullptr);
+                mask_tile</*kPerPair=*/false>(scores, tScS_rc, row0, n_block * kBlockN, seqlen_q, seqlen_k,
+                                              seq.diag, has_tree ? tree.start_q : nullptr,
+                                              has_tree ? tree.end_k : nullptr);
             }
 
             TileKind next_kind;

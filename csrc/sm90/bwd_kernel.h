@@ -78,15 +78,8 @@ __forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMa
         copy(tma_k.with(smem.kv_full), tKgK, tKsK);
         copy(tma_v.with(smem.kv_full), tVgV, tVsV);
     }
-    // The tree ends of the block's keys while K and V load; each lane's arrival publishes its own writes.
-    const bool has_tree = seq.has_tree();
-    if (has_tree) {
-        for (int j = lane; j < kBlockN; j += 32) {
-            const int key = n_block * kBlockN + j;
-            smem.end_k[j] = key < seq.seqlen_k ? params.tree_end_k[k_offset + key] : kNoTreeEnd;
-        }
-    }
     TxBarrier::arrive(&smem.kv_full);
+    const bool has_tree = seq.has_tree();
 
     const int seqlen_q = seq.seqlen_q;
     Tensor mQ_all = tma_q.get_tma_tensor(make_shape(sh.total_q, sh.head_dim, sh.num_heads_q));
@@ -116,17 +109,17 @@ __forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMa
         for (int i = lane; i < kBlockM; i += 32) {
             const int row = m_block * kBlockM + i;
             float lse_log2 = INFINITY, dsum = 0.f;
-            int start = kNoTreeStart;
+            int value = kQueryOutside;  // the row's mask value (tree_mask.h): past the sequence it sees nothing
             if (row < seqlen_q) {
                 const int64_t idx = int64_t(head) * sh.total_q + q_offset + row;
                 const float lse = params.softmax_lse[idx];
                 lse_log2 = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
                 dsum = params.dsoftmax_sum[idx];
-                if (has_tree) start = params.tree_start_q[q_offset + row];
+                value = has_tree ? params.tree_start_q[q_offset + row] : kNoTreeStart;
             }
             smem.lse_log2[s][i] = lse_log2;
             smem.dsum[s][i] = dsum;
-            smem.start_q[s][i] = start;
+            smem.query_value[s][i] = value;
         }
         if (leader) {
             smem.stage_block[s] = m_block;
@@ -224,12 +217,22 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     // Tile-local (key, query) of every S^T value this thread holds.
     Tensor tScS_rc = acc_rowcol(thr_sdp.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kBlockM>>{})));
 
-    const int seqlen_q = seq.seqlen_q;
     const int seqlen_k = seq.seqlen_k;
     const int col0 = n_block * kBlockN;
     const int head_dim = params.shape.head_dim;
     const bool has_tree = kCausal && seq.has_tree();
     constexpr uint32_t kDqHandshake = Traits::kConsumerThreads + 32;
+    // The mask values (tree_mask.h) of this thread's key rows, for every partial tile of the CTA; the queries'
+    // values come with each stage.
+    constexpr int kRows = decltype(size<0>(tScS_rc))::value;
+    int key_value[kRows];
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+        const int key = col0 + get<0>(tScS_rc(r, 0));
+        const bool in_sequence = key < seqlen_k;
+        key_value[r] =
+            key_mask_value(in_sequence, (has_tree && in_sequence) ? params.tree_end_k[k_offset + key] : kNoTreeEnd);
+    }
 
     wait_full(smem.kv_full, 0);
     StageCursor<Traits::kStages> cur;
@@ -252,8 +255,9 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
         warpgroup_fence_operand(acc_s);  // no read of S^T may move above the wait
         Tensor st = acc_rowcol(acc_s);
         if (kind == TileKind::kPartial) {
-            mask_tile</*kTransposed=*/true>(st, tScS_rc, row0, col0, seqlen_q, seqlen_k, seq.diag,
-                                            has_tree ? smem.start_q[s] : nullptr, has_tree ? smem.end_k : nullptr);
+            const int *query_value = smem.query_value[s];
+            mask_tile_values</*kTransposed=*/true>(st, tScS_rc, seq.diag + row0 - col0, key_value,
+                                                   [&](int c) { return query_value[get<1>(tScS_rc(0, c))]; });
         }
         // Columns (c, c+1) are neighbouring queries, so their row statistics are one 8-byte load.
         CUTE_UNROLL

@@ -77,10 +77,9 @@ struct BwdTraits {
         // lies past the sequence, so P = 0 there) and D = rowsum(dO * O) - dLSE.
         alignas(16) float lse_log2[kStages][kBlockM];
         alignas(16) float dsum[kStages][kBlockM];
-        // Tree values (tree masks only), written by the producer: the starts of a stage's query rows, and
-        // the ends of the CTA's keys before it arrives on kv_full.
-        int start_q[kStages][kBlockM];
-        int end_k[kBlockN];
+        // The mask values (tree_mask.h) of a stage's query rows: their tree starts, kQueryOutside past the
+        // sequence.
+        alignas(16) int query_value[kStages][kBlockM];
         // dQ of a step, handed from the consumers to the dQ writer warp; two buffers, alternating by step, so
         // the consumers write one while TMA still reads the other.
         alignas(1024) float dq[2][cosize_v<SmemLayoutdQ>];

@@ -24,7 +24,8 @@ namespace flash_tree_attn::sm90 {
 
 // Producer warp: Q once, then K and V of every non-empty key block, last block first (the causal diagonal
 // block, which needs the mask, goes first so later blocks run unmasked), each V one block behind its K, then
-// an end marker.
+// an end marker. With the K of a partial block go its keys' mask values (tree_mask.h), which the lanes load
+// while TMA brings K; every lane arrives on the stage's full barrier (pipeline.h).
 template <typename Traits, class TmaQ, class TmaK, class TmaV, class Storage>
 __forceinline__ __device__ void produce(const FwdParams &params, const SeqMaskInfo &seq, Storage &smem,
                                         TmaQ const &tma_q, TmaK const &tma_k, TmaV const &tma_v, int m_block,
@@ -77,6 +78,8 @@ __forceinline__ __device__ void produce(const FwdParams &params, const SeqMaskIn
     };
     TileWalk<kBlockM, kBlockN, /*kKeysDown=*/true> walk(m_block, key_block_end<kBlockM, kBlockN>(seq, m_block) - 1, -1);
     TileKind kind;
+    const int lane = threadIdx.x % 32;
+    const int *tree_end_k = seq.has_tree() ? params.tree_end_k + k_offset : nullptr;
     int n_block = walk.next(seq, kind);
     while (n_block >= 0) {
         const int s = cur.stage;
@@ -84,9 +87,19 @@ __forceinline__ __device__ void produce(const FwdParams &params, const SeqMaskIn
         if (leader) {
             smem.stage_block[s] = n_block;
             smem.stage_kind[s] = static_cast<int>(kind);
-            TxBarrier::arrive_and_expect_tx(&smem.k_full[s], Traits::kKVBytes);
+            TxBarrier::expect_transaction(&smem.k_full[s], Traits::kKVBytes);
             copy(tma_k.with(smem.k_full[s]), tKgK(_, n_block), tKsK(_, s));
         }
+        if (kind == TileKind::kPartial) {
+            CUTE_UNROLL
+            for (int j = lane; j < kBlockN; j += 32) {
+                const int key = n_block * kBlockN + j;
+                const bool in_sequence = key < seq.seqlen_k;
+                smem.key_value[s][j] =
+                    key_mask_value(in_sequence, (tree_end_k != nullptr && in_sequence) ? tree_end_k[key] : kNoTreeEnd);
+            }
+        }
+        TxBarrier::arrive(&smem.k_full[s]);
         if (v_block >= 0) queue_v();
         v_block = n_block;
         v_cur = cur;
@@ -95,10 +108,8 @@ __forceinline__ __device__ void produce(const FwdParams &params, const SeqMaskIn
     }
     if (v_block >= 0) queue_v();
     wait_empty(smem.k_empty[cur.stage], cur.phase);
-    if (leader) {
-        smem.stage_block[cur.stage] = kNoBlock;
-        TxBarrier::arrive(&smem.k_full[cur.stage]);  // completes the phase with no bytes expected
-    }
+    if (leader) smem.stage_block[cur.stage] = kNoBlock;
+    TxBarrier::arrive(&smem.k_full[cur.stage]);  // completes the phase with no bytes expected
 }
 
 // Consumer warpgroups: the attention mainloop and the epilogue for their 64 rows each.
@@ -134,8 +145,14 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
     const int seqlen_k = seq.seqlen_k;
     const int row0 = m_block * kBlockM;
     const bool has_tree = kCausal && seq.has_tree();
-    const int *start_q = has_tree ? params.tree_start_q + q_offset : nullptr;
-    const int *end_k = has_tree ? params.tree_end_k + k_offset : nullptr;
+    // The mask values of this thread's query rows, for every partial tile of the CTA (rows past the sequence
+    // are never stored and stay unmasked); the keys' values come with each partial stage.
+    int row_value[kRows];
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+        const int row = row0 + get<0>(tScS_rc(r, 0));
+        row_value[r] = (has_tree && row < seqlen_q) ? params.tree_start_q[q_offset + row] : kNoTreeStart;
+    }
 
     wait_full(smem.q_full, 0);
 
@@ -152,13 +169,13 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
     Tensor acc_o_rc = acc_rowcol(acc_o);
     Tensor tOrP = make_tensor<Element>(acc_as_a_operand_layout(acc_s.layout()));
 
-    // Masks a freshly computed score tile if the producer classified it as partial. The kind is read right
-    // after k_full, before the stage is released and the producer may rewrite it.
-    auto mask_if_partial = [&](TileKind kind, int n_block) {
+    // Masks a freshly computed score tile if the producer classified it as partial, with the keys' mask values
+    // of its stage. The kind is read right after k_full; the stage is released only after this.
+    auto mask_if_partial = [&](TileKind kind, int n_block, int s) {
         if (kind == TileKind::kPartial) {
-            const int col0 = n_block * kBlockN;
-            mask_tile</*kTransposed=*/false>(scores, tScS_rc, row0, col0, seqlen_q, seqlen_k, seq.diag,
-                                             has_tree ? start_q + row0 : nullptr, has_tree ? end_k + col0 : nullptr);
+            const int *key_value = smem.key_value[s];
+            mask_tile_values</*kTransposed=*/false>(scores, tScS_rc, seq.diag + row0 - n_block * kBlockN, row_value,
+                                                    [&](int c) { return key_value[get<1>(tScS_rc(0, c))]; });
         }
     };
     // P in bf16/fp16, held in the A-operand layout of the PV wgmma (the same registers, reinterpreted).
@@ -180,8 +197,8 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
             wgmma_issue</*kZeroInit=*/true>(mma_s, tSrQ, tSrK(_, _, _, s), acc_s);
             warpgroup_wait<0>();
             warpgroup_fence_operand(acc_s);
+            mask_if_partial(kind, n_block, s);
             release(smem.k_empty[s]);
-            mask_if_partial(kind, n_block);
             softmax.update_scores(scores, params.softmax_scale_log2, factor);
             convert_p();
         }
@@ -203,8 +220,8 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
             // Batches retire in order: one left pending means S_j is done and only the PV GEMM may still run.
             warpgroup_wait<1>();
             warpgroup_fence_operand(acc_s);
+            mask_if_partial(kind, n_block, s);
             release(smem.k_empty[s]);
-            mask_if_partial(kind, n_block);
             softmax.update_scores(scores, params.softmax_scale_log2, factor);
 
             // The next block's K (or the end marker) is waited for here, before waiting for the PV GEMM: ptxas
@@ -288,7 +305,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         TxBarrier::init(&smem.q_full, 1);
         CUTE_UNROLL
         for (int s = 0; s < Traits::kStages; ++s) {
-            TxBarrier::init(&smem.k_full[s], 1);  // the producer's leader, who alone writes the stage metadata
+            TxBarrier::init(&smem.k_full[s], 32);  // every producer lane (pipeline.h): they write the key values
             TxBarrier::init(&smem.v_full[s], 1);
             TxBarrier::init(&smem.k_empty[s], Traits::kConsumerThreads);  // pipeline.h: every consumer thread
             TxBarrier::init(&smem.v_empty[s], Traits::kConsumerThreads);

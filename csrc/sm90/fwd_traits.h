@@ -82,6 +82,8 @@ struct FwdTraits {
         // k_full; kNoBlock ends the consumers' loop.
         int stage_block[kStages];
         int stage_kind[kStages];
+        // The mask values (tree_mask.h) of a partial stage's keys, written by the producer with its K.
+        alignas(16) int key_value[kStages][kBlockN];
     };
     static constexpr int kSmemBytes = int(sizeof(SharedStorage));
     static_assert(kSmemBytes <= 227 * 1024, "tile configuration exceeds Hopper shared memory");
