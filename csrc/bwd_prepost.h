@@ -1,4 +1,5 @@
-// Element-wise kernels around the backward of both kernel paths: D = rowsum(dO * O) - dLSE before it, and
+// Element-wise kernels around the backward of both kernel paths: D = rowsum(dO * O) - dLSE before it (which
+// also zeroes the fp32 dQ accumulator the backward adds into, saving a fill kernel over the same rows), and
 // dQ = scale * dQaccum converted to the input dtype after it. Memory-bound; 16-byte accesses.
 #pragma once
 
@@ -15,7 +16,8 @@ constexpr int kPrepostThreads = 256;
 constexpr int kPrepostThreadsPerRow = 16;  // one (token, head) row per 16 threads, 8 elements per access
 
 template <typename Element>
-__global__ void __launch_bounds__(kPrepostThreads) bwd_dot_do_o_kernel(const __grid_constant__ BwdParams p) {
+__global__ void __launch_bounds__(kPrepostThreads) bwd_dot_do_o_kernel(const __grid_constant__ BwdParams p,
+                                                                       int bucket) {
     const int heads = p.shape.num_heads_q;
     const int64_t rows = int64_t(p.shape.total_q) * heads;
     const int64_t row = (int64_t(blockIdx.x) * kPrepostThreads + threadIdx.x) / kPrepostThreadsPerRow;
@@ -27,6 +29,11 @@ __global__ void __launch_bounds__(kPrepostThreads) bwd_dot_do_o_kernel(const __g
         head = int(row % heads);
         const Element *dout = static_cast<const Element *>(p.dout) + token * p.do_row_stride + head * p.do_head_stride;
         const Element *out = static_cast<const Element *>(p.out) + token * p.o_row_stride + head * p.o_head_stride;
+        float *accum = p.dq_accum + row * bucket;
+        for (int c = lane * 8; c < bucket; c += kPrepostThreadsPerRow * 8) {
+            *reinterpret_cast<float4 *>(accum + c) = make_float4(0.f, 0.f, 0.f, 0.f);
+            *reinterpret_cast<float4 *>(accum + c + 4) = make_float4(0.f, 0.f, 0.f, 0.f);
+        }
         for (int c = lane * 8; c < p.shape.head_dim; c += kPrepostThreadsPerRow * 8) {
             const uint4 a = *reinterpret_cast<const uint4 *>(dout + c);
             const uint4 b = *reinterpret_cast<const uint4 *>(out + c);

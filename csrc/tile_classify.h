@@ -80,4 +80,18 @@ __device__ __forceinline__ TileKind classify_tile(const SeqMaskInfo &s, int m_bl
     return partial ? TileKind::kPartial : TileKind::kFull;
 }
 
+// The one tile classified without loading bounds: the forward's first, the key block holding the own key of the
+// query block's last row (n_end = key_block_end in block_range.h). With a tree every token sees itself, so that
+// tile is never empty, and one that crosses the causal diagonal is partial whatever the tree says; taking it so
+// lets the first K load start without waiting for a round of bound loads, which every CTA would otherwise pay
+// before its first tile. The element mask keeps the tile exact even for tree arrays that break the rule.
+// Returns the block (partial), or -1 where classify_tile must decide (without a tree it loads nothing).
+template <int kBlockM, int kBlockN>
+__device__ __forceinline__ int diagonal_key_block_unclassified(const SeqMaskInfo &s, int m_block, int n_end) {
+    if (!s.has_tree() || n_end <= 0) return -1;
+    const int n_block = n_end - 1;
+    const int n_last = min((n_block + 1) * kBlockN, s.seqlen_k) - 1;
+    return n_last > m_block * kBlockM + s.diag ? n_block : -1;
+}
+
 }  // namespace flash_tree_attn

@@ -249,7 +249,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
         return {dq, dk, dv};
     }
     const int bucket = head_dim_bucket(p.shape.head_dim);
-    at::Tensor dq_accum = at::zeros({q.size(0), q.size(1), bucket}, q.options().dtype(at::kFloat));
+    // Zeroed by the backward's first kernel (bwd_prepost.h).
+    at::Tensor dq_accum = at::empty({q.size(0), q.size(1), bucket}, q.options().dtype(at::kFloat));
     at::Tensor dsum = at::empty({q.size(1), q.size(0)}, q.options().dtype(at::kFloat));
     at::Tensor semaphore;
     if (deterministic) {

@@ -195,6 +195,22 @@ def test_all_leaves_block_diagonal(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_tree_arrays_outside_the_dfs_rule(dtype):
+    """Tree arrays drawn at random instead of from a tree: many tokens hide their own key (start_q > end_k) and
+    whole rows see nothing. The kernels must still apply the rule exactly (start_q[query] <= end_k[key] with
+    causality), including on the tile they take without loading its bounds (the sm90 forward's first tile,
+    csrc/tile_classify.h), where a DFS-ordered tree always has a visible pair."""
+    lens = [random.randint(1, 700) for _ in range(3)]
+    n = sum(lens)
+    cu = torch.tensor([0] + [sum(lens[: i + 1]) for i in range(3)], dtype=torch.int32, device="cuda")
+    start_q = torch.randint(0, max(lens), (n,), dtype=torch.int32, device="cuda")
+    end_k = torch.randint(0, max(lens), (n,), dtype=torch.int32, device="cuda")
+    start_q[: n // 4] = max(lens)  # a run of rows that see no key at all
+    q, k, v = make_qkv(n, n, 4, 2, compiled_head_dims()[-1], dtype)
+    run_case(q, k, v, cu, cu, max(lens), max(lens), True, start_q, end_k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("d", head_dims_to_test())
 def test_varlen_lengths_and_lq_ne_lk(dtype, causal, d):

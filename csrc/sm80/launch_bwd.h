@@ -33,7 +33,7 @@ const char *run_sm80_bwd(BwdParams &params, cudaStream_t stream) {
     const int64_t rows = int64_t(params.shape.total_q) * params.shape.num_heads_q;
     const int prepost_blocks = int((rows * kPrepostThreadsPerRow + kPrepostThreads - 1) / kPrepostThreads);
     if (prepost_blocks == 0) return nullptr;
-    bwd_dot_do_o_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params);
+    bwd_dot_do_o_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params, kHeadDim);
     if (roomy) {
         launch_sm80_bwd_kernel<typename Config::Traits, kCausal>(params, stream);
     } else {

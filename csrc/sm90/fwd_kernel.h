@@ -76,11 +76,13 @@ __forceinline__ __device__ void produce(const FwdParams &params, const SeqMaskIn
             copy(tma_v.with(smem.v_full[v_cur.stage]), tVgV(_, v_block), tVsV(_, v_cur.stage));
         }
     };
-    TileWalk<kBlockM, kBlockN, /*kKeysDown=*/true> walk(m_block, key_block_end<kBlockM, kBlockN>(seq, m_block) - 1, -1);
-    TileKind kind;
+    const int n_end = key_block_end<kBlockM, kBlockN>(seq, m_block);
+    const int n_first = diagonal_key_block_unclassified<kBlockM, kBlockN>(seq, m_block, n_end);
+    TileWalk<kBlockM, kBlockN, /*kKeysDown=*/true> walk(m_block, (n_first >= 0 ? n_first : n_end) - 1, -1);
+    TileKind kind = TileKind::kPartial;
     const int lane = threadIdx.x % 32;
     const int *tree_end_k = seq.has_tree() ? params.tree_end_k + k_offset : nullptr;
-    int n_block = walk.next(seq, kind);
+    int n_block = n_first >= 0 ? n_first : walk.next(seq, kind);
     while (n_block >= 0) {
         const int s = cur.stage;
         wait_empty(smem.k_empty[s], cur.phase);

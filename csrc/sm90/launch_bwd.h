@@ -20,7 +20,7 @@ const char *run_sm90_bwd(BwdParams &params, cudaStream_t stream) {
     const int64_t rows = int64_t(sh.total_q) * sh.num_heads_q;
     const int prepost_blocks = int((rows * kPrepostThreadsPerRow + kPrepostThreads - 1) / kPrepostThreads);
     if (prepost_blocks == 0) return nullptr;
-    bwd_dot_do_o_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params);
+    bwd_dot_do_o_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params, kHeadDim);
 
     const int64_t ctas = bwd_grid_size<Traits::kBlockN>(params);
     if (ctas > 0) {
