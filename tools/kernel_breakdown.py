@@ -4,8 +4,8 @@
 Runs forward+backward of each workload (tools/workloads.json) under torch.profiler and prints, per workload, the
 GPU time per call of every kernel launched (our attention kernels, the backward's element-wise kernels before
 and after it, the block-bounds kernel, PyTorch's fills and copies), its share of the GPU total, and the wall time
-of one call measured without the profiler. The gap between the wall time and the GPU total is what the GPU
-spends idle between launches (host-side cost).
+of one call measured without the profiler (do_bench: L2 flushed before each call, where the profiled calls run
+back to back, so the two differ by cache and clock effects as well as by any idle time between launches).
 
     FLASH_TREE_ATTN_PATH=sm90 python3 tools/kernel_breakdown.py [--iters 20] [--workloads a,b]
 """
@@ -17,7 +17,6 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_lib as bl  # noqa: E402
 
 DEFAULT = "grpo_P1024_n16_R2048,deep_64nodes_128to1024,grpo_P4096_n8_R1024,grpo_P8192_n4_R512,chain_causal_16384"
 
@@ -53,18 +52,12 @@ def breakdown(name: str, iters: int) -> list[str]:
     import torch
     import triton
     from torch.profiler import ProfilerActivity, profile
+    from tree_timing import workload_inputs
 
     import flash_tree_attn as fta
-    from flash_tree_attn import tree as fta_tree
 
-    segs = bl.build_workload(name)
-    hq, hkv, d = bl.workload_heads(name)
-    lay = fta_tree.layout_from_segments([segs], device=None)
-    n = lay.start_q.numel()
-    q = torch.randn(n, hq, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    k, v = (torch.randn(n, hkv, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
-    cu, start_q, end_k = (t.to("cuda", torch.int32) for t in (lay.cu_seqlens, lay.start_q, lay.end_k))
-    grad = torch.randn(n, hq, d, device="cuda", dtype=torch.bfloat16)
+    q, k, v, cu, start_q, end_k, n = workload_inputs(name, requires_grad=True)
+    grad = torch.randn_like(q)
 
     def fwd_bwd():
         q.grad = k.grad = v.grad = None

@@ -26,15 +26,22 @@ from flash_tree_attn import tree as fta_tree  # noqa: E402
 DEFAULT = "grpo_P1024_n16_R2048,deep_64nodes_128to1024,grpo_P4096_n8_R1024"
 
 
-def timings(name: str, rep: int, warmup: int, backward: bool) -> str:
-    """Forward ms of one workload, and with `backward` also backward ms (forward+backward - forward)."""
+def workload_inputs(name: str, requires_grad: bool):
+    """Random bf16 q, k, v on the GPU for one workload, with its cu_seqlens and tree arrays: (q, k, v, cu,
+    start_q, end_k, tokens)."""
     segs = bl.build_workload(name)
     hq, hkv, d = bl.workload_heads(name)
     lay = fta_tree.layout_from_segments([segs], device=None)
     n = lay.start_q.numel()
-    q = torch.randn(n, hq, d, device="cuda", dtype=torch.bfloat16, requires_grad=backward)
-    k, v = (torch.randn(n, hkv, d, device="cuda", dtype=torch.bfloat16, requires_grad=backward) for _ in range(2))
+    q = torch.randn(n, hq, d, device="cuda", dtype=torch.bfloat16, requires_grad=requires_grad)
+    k, v = (torch.randn(n, hkv, d, device="cuda", dtype=torch.bfloat16, requires_grad=requires_grad) for _ in range(2))
     cu, start_q, end_k = (t.to("cuda", torch.int32) for t in (lay.cu_seqlens, lay.start_q, lay.end_k))
+    return q, k, v, cu, start_q, end_k, n
+
+
+def timings(name: str, rep: int, warmup: int, backward: bool) -> str:
+    """Forward ms of one workload, and with `backward` also backward ms (forward+backward - forward)."""
+    q, k, v, cu, start_q, end_k, n = workload_inputs(name, backward)
 
     def fwd():
         return fta.flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=True, tree_dfs_order_start_q=start_q,
@@ -44,7 +51,7 @@ def timings(name: str, rep: int, warmup: int, backward: bool) -> str:
         f = triton.testing.do_bench(fwd, warmup=warmup, rep=rep)
     if not backward:
         return f"{name} {f:.3f}"
-    grad = torch.randn(n, hq, d, device="cuda", dtype=torch.bfloat16)
+    grad = torch.randn_like(q)
 
     def fwd_bwd():
         q.grad = k.grad = v.grad = None
