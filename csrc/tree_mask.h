@@ -40,6 +40,13 @@ __host__ __device__ __forceinline__ int query_mask_value(bool in_sequence, int t
 __host__ __device__ __forceinline__ int key_mask_value(bool in_sequence, int tree_end) {
     return in_sequence ? tree_end : kKeyOutside;
 }
+// The mask value of key `key` of a sequence whose first key is token `k_offset` of the batch, read from the tree
+// ends of the batch when `has_tree`.
+__host__ __device__ __forceinline__ int key_mask_value_at(bool has_tree, const int *tree_end, int k_offset, int key,
+                                                          int seqlen_k) {
+    const bool in_sequence = key < seqlen_k;
+    return key_mask_value(in_sequence, (has_tree && in_sequence) ? tree_end[k_offset + key] : kNoTreeEnd);
+}
 __host__ __device__ __forceinline__ bool masked_pair_visible(int key_minus_query, int diag, int query_value,
                                                              int key_value) {
     return key_minus_query <= diag && query_value <= key_value;

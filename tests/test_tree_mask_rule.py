@@ -4,7 +4,8 @@ The kernels test a (query, key) pair as masked_pair_visible(key - query, diag, q
 values carry the tree start / end with the sequence bounds folded in (kKeyOutside past the keys' end, optionally
 kQueryOutside past the queries'), and kNoTreeStart / kNoTreeEnd stand for tokens without a tree. This compiles
 the header with the host C++ compiler and checks, over every pair of a grid of indices, diagonals and tree values
-(sentinels included), that the folded test equals key_visible and that an outside query sees nothing.
+(sentinels included), that the folded test equals key_visible and that an outside query sees nothing, and that
+key_mask_value_at reads a key's value as the kernels need it.
 """
 from __future__ import annotations
 
@@ -47,6 +48,18 @@ int main() {
                                     start, end, row, col, want, got, outside);
                     }
                 }
+    // key_mask_value_at, the kernels' read of a key's value: the batch's tree end at k_offset + key inside the
+    // sequence, kNoTreeEnd there without a tree, kKeyOutside past the sequence (the array is not read there).
+    const int ends[] = {-5, -6, 11, 12, 13};  // two tokens of an earlier sequence, then this one's three
+    for (int has_tree = 0; has_tree < 2; ++has_tree)
+        for (int key = 0; key < 5; ++key) {
+            const int want = key >= 3 ? kKeyOutside : (has_tree ? ends[2 + key] : kNoTreeEnd);
+            ++checked;
+            if (key_mask_value_at(has_tree, ends, 2, key, 3) != want) {
+                ++wrong;
+                std::printf("key_mask_value_at has_tree %d key %d\n", has_tree, key);
+            }
+        }
     std::printf("checked %ld wrong %ld\n", checked, wrong);
     return wrong == 0 ? 0 : 1;
 }

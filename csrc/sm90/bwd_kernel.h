@@ -228,10 +228,7 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     int key_value[kRows];
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
-        const int key = col0 + get<0>(tScS_rc(r, 0));
-        const bool in_sequence = key < seqlen_k;
-        key_value[r] =
-            key_mask_value(in_sequence, (has_tree && in_sequence) ? params.tree_end_k[k_offset + key] : kNoTreeEnd);
+        key_value[r] = key_mask_value_at(has_tree, params.tree_end_k, k_offset, col0 + get<0>(tScS_rc(r, 0)), seqlen_k);
     }
 
     wait_full(smem.kv_full, 0);

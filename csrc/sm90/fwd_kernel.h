@@ -95,10 +95,8 @@ __forceinline__ __device__ void produce(const FwdParams &params, const SeqMaskIn
         if (kind == TileKind::kPartial) {
             CUTE_UNROLL
             for (int j = lane; j < kBlockN; j += 32) {
-                const int key = n_block * kBlockN + j;
-                const bool in_sequence = key < seq.seqlen_k;
                 smem.key_value[s][j] =
-                    key_mask_value(in_sequence, (tree_end_k != nullptr && in_sequence) ? tree_end_k[key] : kNoTreeEnd);
+                    key_mask_value_at(tree_end_k != nullptr, tree_end_k, 0, n_block * kBlockN + j, seq.seqlen_k);
             }
         }
         TxBarrier::arrive(&smem.k_full[s]);
