@@ -206,7 +206,7 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     Tensor tdKrQ = thr_dkv.partition_fragment_B(sQt);    // dK += dS^T Q
     Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);    // dQ = dS K, (MMA, MMA_M, MMA_K, buffers)
     Tensor tdQrK = thr_dq.partition_fragment_B(sKt);
-    Tensor tdSsdS = thr_sdp.partition_C(sdSt);           // where this thread's dS^T values go
+    Tensor tdSsdS0 = thr_sdp.partition_C(sdSt)(_, _, _, 0);  // where this thread's dS^T values go, buffer 0
     Tensor tdQsdQ0 = thr_dq.partition_C(make_tensor(make_smem_ptr(smem.dq[0]), typename Traits::SmemLayoutdQ{}));
 
     Tensor acc_dk = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
@@ -290,7 +290,8 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
         // dS^T to shared memory (alternate buffers: the barrier below keeps the warpgroups within one step
         // of each other, so the buffer written now is no longer read), visible to wgmma's async proxy.
         const int buf = step & 1;
-        store_column_pairs(rdS, tdSsdS(_, _, _, buf));  // S^T's column pairs: neighbouring queries of a key
+        // S^T's column pairs: neighbouring queries of a key.
+        store_column_pairs_at(rdS, tdSsdS0, smem.ds, smem.ds + buf * (kBlockM * kBlockN));
         cutlass::arch::fence_view_async_shared();
         cutlass::arch::NamedBarrier::sync(Traits::kConsumerThreads, kDsReady);
 
@@ -308,12 +309,7 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
 
         // Hand dQ to the writer warp once it has finished reading the tile of two steps ago from this buffer.
         cutlass::arch::NamedBarrier::sync(kDqHandshake, kDqEmpty + buf);
-        // tdQsdQ0 partitions buffer 0; its offsets address buffer `buf` as well.
-        float *dq_buf = smem.dq[buf];
-        CUTE_UNROLL
-        for (int i = 0; i < size(acc_dq); i += 2) {  // (i, i+1): neighbouring columns, the swizzle keeps them so
-            *reinterpret_cast<float2 *>(dq_buf + (&tdQsdQ0(i) - smem.dq[0])) = make_float2(acc_dq(i), acc_dq(i + 1));
-        }
+        store_column_pairs_at(acc_dq, tdQsdQ0, smem.dq[0], smem.dq[buf]);
         cutlass::arch::fence_view_async_shared();  // visible to TMA (async proxy)
         cutlass::arch::NamedBarrier::arrive(kDqHandshake, kDqFull + buf);
         cur.advance();

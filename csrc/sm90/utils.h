@@ -75,6 +75,23 @@ __forceinline__ __device__ void store_column_pairs(Frag const &frag, SmemPartiti
     }
 }
 
+// The same into buffer `base` of a buffered shared-memory array, through the partition `partition0` of its buffer
+// at `base0`: the addresses are offsets from those pointers, which keeps them in the shared window for the
+// compiler (shared stores; through a partition's own pointers they compile to generic stores with 64-bit
+// addresses, bench_results/RESULTS.md, 2026-12-01). The pairs are stored as one aligned access each.
+template <class Frag, class Partition, typename T>
+__forceinline__ __device__ void store_column_pairs_at(Frag const &frag, Partition const &partition0, T const *base0,
+                                                      T *base) {
+    using Pair = cutlass::AlignedArray<T, 2>;
+    CUTE_UNROLL
+    for (int i = 0; i < size(frag); i += 2) {
+        Pair pair;
+        pair[0] = T(frag(i));
+        pair[1] = T(frag(i + 1));
+        *reinterpret_cast<Pair *>(base + (&partition0(i) - base0)) = pair;
+    }
+}
+
 // Epilogue of an output tile that sits in shared memory (kRows x kCols, K-major; the swizzles of the kernels
 // move whole 16-byte pieces): kThreads threads copy it to global memory 16 bytes per access, consecutive
 // threads taking consecutive pieces of a row, so every row is written as whole 32-byte sectors. Rows from
