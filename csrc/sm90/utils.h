@@ -78,7 +78,8 @@ __forceinline__ __device__ void store_column_pairs(Frag const &frag, SmemPartiti
 // The same into buffer `base` of a buffered shared-memory array, through the partition `partition0` of its buffer
 // at `base0`: the addresses are offsets from those pointers, which keeps them in the shared window for the
 // compiler (shared stores; through a partition's own pointers they compile to generic stores with 64-bit
-// addresses, bench_results/RESULTS.md, 2026-12-01). The pairs are stored as one aligned access each.
+// addresses, bench_results/RESULTS.md, 2026-12-01). The buffers lie whole swizzle periods apart, so an element's
+// offset inside buffer 0 is its offset inside every buffer. The pairs are stored as one aligned access each.
 template <class Frag, class Partition, typename T>
 __forceinline__ __device__ void store_column_pairs_at(Frag const &frag, Partition const &partition0, T const *base0,
                                                       T *base) {
