@@ -20,7 +20,6 @@ constexpr int kNoTreeEnd = INT_MAX - 1;
 // and start <= end, where start = tree_dfs_order_start_q of the query and end = tree_dfs_order_end_k of the
 // key. With tokens in DFS order, causality gives start[key] <= start[query], so start[query] <= end[key] says
 // the key's node is an ancestor of (or is) the query's node.
-//
 __host__ __device__ __forceinline__ bool key_visible(int row, int col, int seqlen_k, int diag, int row_start,
                                                      int col_end) {
     return col < seqlen_k && col <= row + diag && row_start <= col_end;
