@@ -39,6 +39,13 @@ __host__ __device__ __forceinline__ int query_mask_value(bool in_sequence, int t
 __host__ __device__ __forceinline__ int key_mask_value(bool in_sequence, int tree_end) {
     return in_sequence ? tree_end : kKeyOutside;
 }
+// The mask value of query row `row` of a sequence whose first query is token `q_offset` of the batch, read from the
+// tree starts of the batch when `has_tree`; kQueryOutside past the sequence (the array is not read there).
+__host__ __device__ __forceinline__ int query_mask_value_at(bool has_tree, const int *tree_start, int q_offset, int row,
+                                                            int seqlen_q) {
+    const bool in_sequence = row < seqlen_q;
+    return query_mask_value(in_sequence, (has_tree && in_sequence) ? tree_start[q_offset + row] : kNoTreeStart);
+}
 // The mask value of key `key` of a sequence whose first key is token `k_offset` of the batch, read from the tree
 // ends of the batch when `has_tree`.
 __host__ __device__ __forceinline__ int key_mask_value_at(bool has_tree, const int *tree_end, int k_offset, int key,

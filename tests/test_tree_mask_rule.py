@@ -5,7 +5,7 @@ values carry the tree start / end with the sequence bounds folded in (kKeyOutsid
 kQueryOutside past the queries'), and kNoTreeStart / kNoTreeEnd stand for tokens without a tree. This compiles
 the header with the host C++ compiler and checks, over every pair of a grid of indices, diagonals and tree values
 (sentinels included), that the folded test equals key_visible and that an outside query sees nothing, and that
-key_mask_value_at reads a key's value as the kernels need it.
+key_mask_value_at and query_mask_value_at read a key's and a query's value as the kernels need them.
 """
 from __future__ import annotations
 
@@ -58,6 +58,18 @@ int main() {
             if (key_mask_value_at(has_tree, ends, 2, key, 3) != want) {
                 ++wrong;
                 std::printf("key_mask_value_at has_tree %d key %d\n", has_tree, key);
+            }
+        }
+    // query_mask_value_at, the sm90 backward's read of a query's value: likewise from the tree starts, kNoTreeStart
+    // without a tree, kQueryOutside past the sequence.
+    const int starts[] = {-7, 4, 5, 6};  // one token of an earlier sequence, then this one's three
+    for (int has_tree = 0; has_tree < 2; ++has_tree)
+        for (int row = 0; row < 5; ++row) {
+            const int want = row >= 3 ? kQueryOutside : (has_tree ? starts[1 + row] : kNoTreeStart);
+            ++checked;
+            if (query_mask_value_at(has_tree, starts, 1, row, 3) != want) {
+                ++wrong;
+                std::printf("query_mask_value_at has_tree %d row %d\n", has_tree, row);
             }
         }
     std::printf("checked %ld wrong %ld\n", checked, wrong);

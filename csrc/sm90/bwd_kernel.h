@@ -109,17 +109,16 @@ __forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMa
         for (int i = lane; i < kBlockM; i += 32) {
             const int row = m_block * kBlockM + i;
             float lse_log2 = INFINITY, dsum = 0.f;
-            int value = kQueryOutside;  // the row's mask value (tree_mask.h): past the sequence it sees nothing
             if (row < seqlen_q) {
                 const int64_t idx = int64_t(head) * sh.total_q + q_offset + row;
                 const float lse = params.softmax_lse[idx];
                 lse_log2 = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
                 dsum = params.dsoftmax_sum[idx];
-                value = has_tree ? params.tree_start_q[q_offset + row] : kNoTreeStart;
             }
             smem.lse_log2[s][i] = lse_log2;
             smem.dsum[s][i] = dsum;
-            smem.query_value[s][i] = value;
+            // kQueryOutside past the sequence, whose rows TMA loaded from the next sequence: they see no key.
+            smem.query_value[s][i] = query_mask_value_at(has_tree, params.tree_start_q, q_offset, row, seqlen_q);
         }
         if (leader) {
             smem.stage_block[s] = m_block;
