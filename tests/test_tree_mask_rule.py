@@ -48,28 +48,19 @@ int main() {
                                     start, end, row, col, want, got, outside);
                     }
                 }
-    // key_mask_value_at, the kernels' read of a key's value: the batch's tree end at k_offset + key inside the
-    // sequence, kNoTreeEnd there without a tree, kKeyOutside past the sequence (the array is not read there).
-    const int ends[] = {-5, -6, 11, 12, 13};  // two tokens of an earlier sequence, then this one's three
+    // key_mask_value_at and query_mask_value_at, the kernels' reads of a key's and a query's value: the batch's
+    // tree value at offset + index inside the sequence, the no-tree sentinel without a tree, the outside value past
+    // the sequence (the array is not read there). Both sequences have three tokens and follow earlier ones.
+    const int ends[] = {-5, -6, 11, 12, 13}, starts[] = {-7, 4, 5, 6};
     for (int has_tree = 0; has_tree < 2; ++has_tree)
-        for (int key = 0; key < 5; ++key) {
-            const int want = key >= 3 ? kKeyOutside : (has_tree ? ends[2 + key] : kNoTreeEnd);
-            ++checked;
-            if (key_mask_value_at(has_tree, ends, 2, key, 3) != want) {
+        for (int i = 0; i < 5; ++i) {
+            const int key_want = i >= 3 ? kKeyOutside : (has_tree ? ends[2 + i] : kNoTreeEnd);
+            const int query_want = i >= 3 ? kQueryOutside : (has_tree ? starts[1 + i] : kNoTreeStart);
+            checked += 2;
+            if (key_mask_value_at(has_tree, ends, 2, i, 3) != key_want ||
+                query_mask_value_at(has_tree, starts, 1, i, 3) != query_want) {
                 ++wrong;
-                std::printf("key_mask_value_at has_tree %d key %d\n", has_tree, key);
-            }
-        }
-    // query_mask_value_at, the sm90 backward's read of a query's value: likewise from the tree starts, kNoTreeStart
-    // without a tree, kQueryOutside past the sequence.
-    const int starts[] = {-7, 4, 5, 6};  // one token of an earlier sequence, then this one's three
-    for (int has_tree = 0; has_tree < 2; ++has_tree)
-        for (int row = 0; row < 5; ++row) {
-            const int want = row >= 3 ? kQueryOutside : (has_tree ? starts[1 + row] : kNoTreeStart);
-            ++checked;
-            if (query_mask_value_at(has_tree, starts, 1, row, 3) != want) {
-                ++wrong;
-                std::printf("query_mask_value_at has_tree %d row %d\n", has_tree, row);
+                std::printf("key_mask_value_at / query_mask_value_at: has_tree %d index %d\n", has_tree, i);
             }
         }
     std::printf("checked %ld wrong %ld\n", checked, wrong);
