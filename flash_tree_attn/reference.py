@@ -20,7 +20,18 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["attention_ref", "visible_mask", "count_visible_pairs"]
+__all__ = ["attention_ref", "visible_mask", "count_visible_pairs", "ERROR_ATOL", "error_bound"]
+
+# How far a kernel's result may lie from this oracle (the FlashAttention test convention, used by the kernel tests
+# and tools/bound_margin.py): max |kernel - fp32 reference| <= 2 x max |reference in the input precision - fp32
+# reference| + ERROR_ATOL[output], a small absolute slack for outputs of order one.
+ERROR_ATOL = {"out": 1e-4, "lse": 1e-4, "dq": 1e-3, "dk": 1e-3, "dv": 1e-3}
+
+
+def error_bound(output: str, err_lowp: float) -> float:
+    """The largest max-abs error against the fp32 reference accepted for `output` ("out", "lse", "dq", "dk",
+    "dv"), given the max-abs error of the same computation done by the reference in the input precision."""
+    return 2 * err_lowp + ERROR_ATOL[output]
 
 # Upper bound on the number of score elements (heads x query rows x keys) materialized at once per sequence.
 _MAX_CHUNK_ELEMS = 1 << 26

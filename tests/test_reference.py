@@ -422,3 +422,11 @@ def test_errors():
         visible_mask(3, 3, True, [0, 1], [2, 2, 2])
     with pytest.raises(ValueError, match="causal=True"):
         count_visible_pairs(c, c, False, s, s)
+
+
+def test_error_bound_is_twice_the_low_precision_error_plus_the_slack():
+    assert set(reference.ERROR_ATOL) == {"out", "lse", "dq", "dk", "dv"}
+    assert reference.error_bound("out", 0.0) == reference.ERROR_ATOL["out"]
+    assert reference.error_bound("dq", 0.25) == pytest.approx(0.5 + reference.ERROR_ATOL["dq"])
+    with pytest.raises(KeyError):
+        reference.error_bound("o", 0.1)
