@@ -31,8 +31,10 @@ __forceinline__ __device__ float quad_sum(float x) {
 // the mask value of view row r and col_value(c) that of view column c (tree_mask.h: query values for queries,
 // key values for keys); diag_local is the causal diagonal in tile-local indices, diag + (first query) - (first
 // key): the pair (local key k, local query q) passes the causal test iff k - q <= diag_local.
-// A pair costs two comparisons and a select: the causal test is rearranged into a comparison of the column's
-// offset from this thread's first column (a constant of the unrolled loop) with a limit per row.
+// A pair costs two comparisons and a select: masked_pair_visible is given the column's offset from this thread's
+// first column (a constant of the unrolled loop) as the pair's key - query, and a limit per row as the diagonal:
+//   not transposed (rows queries i, columns keys j):  j - i <= diag_local  <=>    j - j0  <= diag_local + i - j0;
+//   transposed (rows keys i, columns queries j):      i - j <= diag_local  <=>  -(j - j0) <= diag_local - i + j0.
 template <bool kTransposed, int kRows, class S, class C, class ColValue>
 __forceinline__ __device__ void mask_tile_values(S &scores, C const &coord, int diag_local,
                                                  const int (&row_value)[kRows], ColValue &&col_value) {
@@ -42,9 +44,7 @@ __forceinline__ __device__ void mask_tile_values(S &scores, C const &coord, int 
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
         const int i = get<0>(coord(r, 0));
-        // Not transposed: key - query = j - i <= diag_local  <=>  j - j0 <= diag_local + i - j0.
-        // Transposed:     key - query = i - j <= diag_local  <=>  j - j0 >= i - diag_local - j0.
-        limit[r] = kTransposed ? i - diag_local - j0 : diag_local + i - j0;
+        limit[r] = kTransposed ? diag_local - i + j0 : diag_local + i - j0;
     }
 #pragma unroll
     for (int c = 0; c < size<1>(scores); ++c) {
@@ -52,9 +52,9 @@ __forceinline__ __device__ void mask_tile_values(S &scores, C const &coord, int 
         const int value = col_value(c);
 #pragma unroll
         for (int r = 0; r < kRows; ++r) {
-            const bool causal = kTransposed ? dj >= limit[r] : dj <= limit[r];
-            const bool tree = kTransposed ? value <= row_value[r] : row_value[r] <= value;
-            if (!(causal && tree)) scores(r, c) = -INFINITY;
+            const bool visible = kTransposed ? masked_pair_visible(-dj, limit[r], value, row_value[r])
+                                             : masked_pair_visible(dj, limit[r], row_value[r], value);
+            if (!visible) scores(r, c) = -INFINITY;
         }
     }
 }
