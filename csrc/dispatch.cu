@@ -93,16 +93,23 @@ const char *run_bwd(BwdParams &params, KernelPath path, cudaStream_t stream) {
     if (const char *err = check_forced_sm90(params, path)) return err;
     if (const char *err = check_bwd_grid(params)) return err;
     const int bucket = head_dim_bucket(params.shape.head_dim);
-    // The sm90 backward covers head dims up to 128 and the non-deterministic mode; everything else runs
-    // the sm80 backward, also when sm90 is forced (see kernel_api.h).
+    // The sm90 backward covers the non-deterministic mode; deterministic=True runs the sm80 backward, also
+    // when sm90 is forced (see kernel_api.h).
     if (path != KernelPath::kSm80 && params.device_arch == 90 && !params.deterministic) {
 #define FTA_RUN run_sm90_bwd
         FTA_SM90_BWD_KERNELS(FTA_CASE)
 #undef FTA_RUN
+        if (path == KernelPath::kSm90) {
+            return "no sm90 backward kernel was compiled for this head dim / dtype / causal combination";
+        }
     }
 #define FTA_RUN run_sm80_bwd
     FTA_SM80_BWD_KERNELS(FTA_CASE)
 #undef FTA_RUN
+    if (params.deterministic) {
+        return "deterministic=True runs the sm80 backward, and none was compiled for this head dim / dtype / causal "
+               "combination";
+    }
     return "no backward kernel was compiled for this head dim / dtype / causal combination";
 }
 

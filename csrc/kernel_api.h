@@ -21,8 +21,8 @@ void launch_block_bounds(const FwdParams &p, int *scratch, cudaStream_t stream);
 
 // Kernel paths. kAuto picks sm90 on compute capability 9.0 when its kernels are compiled, else sm80.
 // Forcing kSm90 on another GPU or in a build without it is an error. The sm90 path implements the whole
-// forward and the backward for head dims up to 128 without deterministic=True; other backward
-// configurations run the sm80 backward (also when kSm90 is forced). Mixing is sound because the backward
+// forward and the backward without deterministic=True; the deterministic backward runs the sm80 kernels
+// (also when kSm90 is forced). Mixing is sound because the backward
 // only reads what the forward wrote (O and the LSE), which both paths lay out the same way.
 enum class KernelPath : int { kAuto = 0, kSm80 = 80, kSm90 = 90 };
 

@@ -24,15 +24,6 @@ DTYPES = {"fp16": "cutlass::half_t", "bf16": "cutlass::bfloat16_t"}
 DIRECTIONS = ("fwd", "bwd")
 CAUSAL = (False, True)
 PATHS = ("sm80", "sm90")
-# The sm90 (Hopper) backward keeps 64 x head_dim dK and dV accumulators per warpgroup in registers, which
-# fits up to head dim 128; larger head dims run the sm80 backward there (kernel_api.h documents it).
-SM90_BWD_MAX_HEAD_DIM = 128
-
-
-def implemented(path: str, direction: str, head_dim: int) -> bool:
-    return not (path == "sm90" and direction == "bwd" and head_dim > SM90_BWD_MAX_HEAD_DIM)
-
-
 @dataclass(frozen=True)
 class Kernel:
     path: str  # "sm80" (mma.sync; compiled for every requested arch) or "sm90" (wgmma; sm_90a only)
@@ -75,7 +66,6 @@ def select(head_dims=None, dtypes=None, paths=("sm80",), directions=None) -> lis
     return [
         Kernel(p, d, h, t, c)
         for p, d, h, t, c in itertools.product(paths, directions, head_dims, dtypes, CAUSAL)
-        if implemented(p, d, h)
     ]
 
 

@@ -6,6 +6,7 @@
 #include <cute/tensor.hpp>
 
 #include "block_range.h"
+#include "dq_reduce.h"
 #include "params.h"
 #include "softmax.h"
 #include "tile_order.h"
@@ -21,19 +22,6 @@ __forceinline__ __device__ int load_acquire(const int *p) {
 }
 __forceinline__ __device__ void store_release(int *p, int v) {
     asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
-}
-
-// Adds two neighbouring fp32 values to global memory without returning anything (fire-and-forget
-// reductions, RED; atomicAdd compiled to a value-returning ATOM here). On sm_90 one 8-byte vector reduction:
-// the 4 lanes that hold a row's 8 consecutive columns then fill whole 32-byte sectors, where 4-byte
-// reductions fill half of twice as many.
-__forceinline__ __device__ void red_add_pair(float *p, float a, float b) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b));
-#else
-    asm volatile("red.global.add.f32 [%0], %1;" ::"l"(p), "f"(a));
-    asm volatile("red.global.add.f32 [%0], %1;" ::"l"(p + 1), "f"(b));
-#endif
 }
 
 template <typename Traits, bool kCausal>

@@ -1,10 +1,11 @@
-// sm90 backward: one CTA per (128-key block, key/value head, sequence), warp-specialized like the forward.
+// sm90 backward: one CTA per (key block, key/value head, sequence), warp-specialized like the forward.
 // The producer warp loads K and V once, then walks the work items (query head of the GQA group, non-empty
 // query block: the same scan and tile classification as the sm80 backward) and streams Q, dO and the rows'
-// softmax statistics into a two-stage ring. Each consumer warpgroup owns 64 keys: S^T and dP^T by wgmma
-// from shared memory, P^T and dS^T in registers, dV and dK accumulated by register-A wgmma over all work
-// items; dS^T is staged in shared memory so both warpgroups compute half of dQ = dS K, which a second
-// producer-side warp adds to the fp32 dQ accumulator by TMA (write_dq).
+// softmax statistics into a two-stage ring. Up to head dim 128 (BwdTraits) each consumer warpgroup owns 64
+// of the block's 128 keys: S^T and dP^T by wgmma from shared memory, P^T and dS^T in registers, dV and dK
+// accumulated by register-A wgmma over all work items; dS^T is staged in shared memory so both warpgroups
+// compute half of dQ = dS K, which a second producer-side warp adds to the fp32 dQ accumulator by TMA
+// (write_dq). Above it (BwdSplitDimTraits) the warpgroups split the head dim instead: bwd_consume_split.h.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -16,6 +17,7 @@
 #include "params.h"
 #include "softmax.h"
 #include "tile_order.h"
+#include "sm90/bwd_consume_split.h"
 #include "sm90/bwd_traits.h"
 #include "sm90/pipeline.h"
 #include "sm90/utils.h"
@@ -123,6 +125,7 @@ __forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMa
         if (leader) {
             smem.stage_block[s] = m_block;
             smem.stage_kind[s] = static_cast<int>(kind);
+            if constexpr (Traits::kSplitHeadDim) smem.stage_head[s] = head;
         }
         TxBarrier::arrive(&smem.q_full[s]);  // every lane publishes its own writes
         cur.advance();
@@ -131,12 +134,6 @@ __forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMa
     if (leader) smem.stage_block[cur.stage] = kNoBlock;
     TxBarrier::arrive(&smem.q_full[cur.stage]);
 }
-
-// Named barriers of the backward (ids above the one hardware barrier __syncthreads uses are offset by
-// CUTLASS's NamedBarrier). kDsReady: the consumers' dS^T halves are in shared memory. kDqFull + b /
-// kDqEmpty + b: the handshake between the consumers and the dQ writer warp over dQ buffer b. kEpilogue + w:
-// consumer warpgroup w's dK and dV rows are in shared memory.
-enum BwdBarrier : uint32_t { kDsReady = 0, kDqFull = 1, kDqEmpty = 3, kEpilogue = 5 };
 
 // dQ writer warp: adds every dQ tile the consumers hand over to the fp32 accumulator with one TMA reduce-add
 // (its rows past the sequence hold zeros, those queries being masked, so the adds they make to the next
@@ -381,11 +378,15 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         if (threadIdx.x < 32) {
             produce_bwd<Traits>(params, seq, smem, tma_q, tma_do, tma_k, tma_v, n_block, head_kv, q_offset, k_offset);
         } else if (threadIdx.x < 64) {
-            write_dq<Traits>(params, seq, smem, tma_dq, n_block, head_kv, q_offset);
+            if constexpr (!Traits::kSplitHeadDim) write_dq<Traits>(params, seq, smem, tma_dq, n_block, head_kv, q_offset);
         }
     } else {
         cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
-        consume_bwd<Traits, kCausal>(params, seq, smem, n_block, head_kv, q_offset, k_offset);
+        if constexpr (Traits::kSplitHeadDim) {
+            consume_bwd_split<Traits, kCausal>(params, seq, smem, n_block, head_kv, q_offset, k_offset);
+        } else {
+            consume_bwd<Traits, kCausal>(params, seq, smem, n_block, head_kv, q_offset, k_offset);
+        }
     }
 #endif
 }

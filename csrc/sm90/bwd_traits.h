@@ -1,6 +1,8 @@
 // Tile shapes, shared-memory layouts, wgmma atoms and the shared-storage struct of the sm90 backward.
 #pragma once
 
+#include <type_traits>
+
 #include <cute/tensor.hpp>
 #include <cutlass/numeric_types.h>
 
@@ -21,6 +23,7 @@ using namespace cute;
 template <int kHeadDim_, typename Element_>
 struct BwdTraits {
     using Element = Element_;
+    static constexpr bool kSplitHeadDim = false;
     static constexpr int kHeadDim = kHeadDim_;
     static constexpr int kConsumerWarpgroups = 2;
     static constexpr int kBlockM = 64;
@@ -96,11 +99,111 @@ struct BwdTraits {
     static constexpr uint32_t kKVBytes = kBlockN * kHeadDim * sizeof(Element);
 };
 
-// One configuration for every head dim the sm90 backward implements: up to 128 (the static_assert above;
-// tools/generate_kernels.py generates only those units). Larger head dims run the sm80 backward.
+// Backward for head dims whose dK and dV do not fit in registers per 64 keys (192, 256): one CTA owns kBlockN =
+// 64 keys and the two consumer warpgroups split the head dim of dK, dV and dQ instead of the keys. Each
+// warpgroup computes S^T and dP^T for the 64 keys and its 32 of the block's 64 queries (the two halves of a
+// 64 x 64 tile), writes P^T and dS^T to shared memory, and after one barrier both run dV += P^T dO, dK += dS^T Q
+// and dQ = dS K over their half of the head dim with every operand from shared memory. dK and dV stay in
+// registers for the whole CTA (2 x 64 x kHeadDim / 2 per warpgroup); dQ (64 x kHeadDim / 2 per warpgroup) is
+// added to the fp32 accumulator by global reductions through a small per-warp staging tile, as shared memory
+// has no room for a dQ tile beside the two-stage Q and dO ring (208 KB of K, V, Q and dO at head dim 256).
+template <int kHeadDim_, typename Element_>
+struct BwdSplitDimTraits {
+    using Element = Element_;
+    static constexpr bool kSplitHeadDim = true;
+    static constexpr int kHeadDim = kHeadDim_;
+    static constexpr int kHalfDim = kHeadDim / 2;
+    static constexpr int kConsumerWarpgroups = 2;
+    static constexpr int kBlockM = 64;
+    static constexpr int kBlockN = 64;
+    static constexpr int kStages = 2;
+    static constexpr int kConsumerThreads = 128 * kConsumerWarpgroups;
+    static constexpr int kNThreads = 128 + kConsumerThreads;
+    static constexpr int kProducerRegs = 24;
+    static constexpr int kConsumerRegs = 240;
+    static_assert(register_split_fits(kProducerRegs, kConsumerRegs, kConsumerThreads),
+                  "the warpgroups' registers after setmaxnreg exceed what the CTA is launched with");
+    static_assert(kBlockM % kBoundsGranule == 0 && kBlockN % kBoundsGranule == 0);
+    static_assert(kHalfDim % 32 == 0, "each warpgroup's half of the head dim must be whole 64-byte swizzle rows");
+
+    // S^T and dP^T: (64 keys, 64 queries), the warpgroups side by side along the queries.
+    using TiledMmaSdP = decltype(make_tiled_mma(
+        GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kBlockM / 2>, Int<kHeadDim>>>(),
+        Layout<Shape<_1, _2, _1>>{}));
+    // dV += P^T dO and dK += dS^T Q: (64 keys, head dim), the warpgroups side by side along the head dim.
+    using TiledMmadKV = decltype(make_tiled_mma(
+        GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kHalfDim>, Int<kBlockM>>, GMMA::Major::K,
+                             GMMA::Major::MN>(),
+        Layout<Shape<_1, _2, _1>>{}));
+    // dQ = dS K: (64 queries, head dim), likewise.
+    using TiledMmadQ = decltype(make_tiled_mma(
+        GMMA::ss_op_selector<Element, Element, float, Shape<Int<kBlockM>, Int<kHalfDim>, Int<kBlockN>>,
+                             GMMA::Major::MN, GMMA::Major::MN>(),
+        Layout<Shape<_1, _2, _1>>{}));
+
+    // The swizzle row divides each warpgroup's half of the head dim, so its B operands (dO, Q and K seen
+    // transposed, the head dim contiguous) start on a swizzle row.
+    using Atom = KMajorAtom<Element, kHalfDim>;
+    using SmemLayoutK = decltype(tile_to_shape(Atom{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+    using SmemLayoutKt =
+        decltype(composition(SmemLayoutK{}, make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockN>>{}, Step<_2, _1>{})));
+    using SmemLayoutQ = decltype(tile_to_shape(Atom{}, Shape<Int<kBlockM>, Int<kHeadDim>, Int<kStages>>{}));
+    using SmemLayoutQt = decltype(composition(
+        SmemLayoutQ{}, make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockM>, Int<kStages>>{}, Step<_2, _1, _3>{})));
+    // P^T and dS^T as (keys, queries), queries contiguous: the A operand of dV / dK (K-major). dS is the same
+    // bytes as (queries, keys): dQ's A operand, MN-major. One buffer each (shared memory holds no second).
+    using SmemLayoutPt = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{}, Shape<Int<kBlockN>, Int<kBlockM>>{}));
+    using SmemLayoutdS =
+        decltype(composition(SmemLayoutPt{}, make_ordered_layout(Shape<Int<kBlockM>, Int<kBlockN>>{}, Step<_2, _1>{})));
+    // dQ reaches the accumulator through a per-warp staging tile of 8 rows x 32 columns: each lane holds two
+    // neighbouring columns of a row in the wgmma accumulator, which as 8-byte reductions updates one 32-byte
+    // sector of 8 rows per instruction; read back row-contiguous, each reduction instruction updates four whole
+    // 128-byte lines (the L2 ran at 85% of its throughput on the 8-byte form). Rows padded to 36 floats: the
+    // lanes' stores and loads then take the fewest shared-memory wavefronts.
+    static constexpr int kDqStageRows = 8;
+    static constexpr int kDqStageCols = 32;
+    static constexpr int kDqStageStride = kDqStageCols + 4;
+
+    struct SharedStorage {
+        alignas(1024) Element k[cosize_v<SmemLayoutK>];
+        alignas(1024) Element v[cosize_v<SmemLayoutK>];
+        alignas(1024) Element q[cosize_v<SmemLayoutQ>];
+        alignas(1024) Element dout[cosize_v<SmemLayoutQ>];
+        alignas(1024) Element pt[cosize_v<SmemLayoutPt>];
+        alignas(1024) Element dst[cosize_v<SmemLayoutPt>];
+        alignas(16) float dq_stage[kConsumerThreads / 32][kDqStageRows][kDqStageStride];
+        // As in BwdTraits, per stage.
+        alignas(16) float lse_log2[kStages][kBlockM];
+        alignas(16) float dsum[kStages][kBlockM];
+        alignas(16) int query_value[kStages][kBlockM];
+        alignas(8) uint64_t kv_full;
+        uint64_t q_full[kStages];
+        uint64_t q_empty[kStages];
+        int stage_block[kStages];
+        int stage_kind[kStages];
+        int stage_head[kStages];  // the query head of the stage's work item: where its dQ goes
+    };
+    static constexpr int kSmemBytes = int(sizeof(SharedStorage));
+    static_assert(kSmemBytes <= 227 * 1024, "tile configuration exceeds Hopper shared memory");
+
+    static constexpr uint32_t kQBytes = kBlockM * kHeadDim * sizeof(Element);
+    static constexpr uint32_t kKVBytes = kBlockN * kHeadDim * sizeof(Element);
+};
+
+// Named barriers of the backward (ids above the one hardware barrier __syncthreads uses are offset by
+// CUTLASS's NamedBarrier, which leaves ids 0-7). kDsReady: the consumers' dS^T (and, split by head dim, P^T)
+// halves are in shared memory. kDqFull + b / kDqEmpty + b: the handshake between the consumers and the dQ
+// writer warp over dQ buffer b. kEpilogue + w: consumer warpgroup w's dK and dV rows are in shared memory.
+// kConsumersDone: both consumer warpgroups have retired their last wgmma (the split kernel's epilogue then
+// reuses K and V). kPtFree, in the split kernel only, which has no dQ writer and so takes kDqFull's id: both
+// warpgroups' GEMMs of the previous step have read P^T and dS^T.
+enum BwdBarrier : uint32_t { kDsReady = 0, kDqFull = 1, kDqEmpty = 3, kEpilogue = 5, kConsumersDone = 7, kPtFree = 1 };
+
+// The configuration of each head-dim bucket: warpgroups split the keys up to 128, the head dim above.
 template <int kHeadDim, typename Element>
 struct BwdConfig {
-    using Traits = BwdTraits<kHeadDim, Element>;
+    using Traits = std::conditional_t<(kHeadDim <= 128), BwdTraits<kHeadDim, Element>,
+                                      BwdSplitDimTraits<kHeadDim, Element>>;
 };
 
 }  // namespace flash_tree_attn::sm90

@@ -42,10 +42,18 @@ const char *run_sm90_bwd(BwdParams &params, cudaStream_t stream) {
         auto tma_v = make_tma_copy(SM90_TMA_LOAD{},
                                    packed(params.v, sh.total_k, sh.num_heads_kv, params.v_row_stride, params.v_head_stride),
                                    typename Traits::SmemLayoutK{}, KTile{}, _1{});
-        // The fp32 dQ accumulator, (tokens, bucket, heads): the target of the writer warp's reduce-adds.
-        Tensor dq_accum = make_tensor(make_gmem_ptr(params.dq_accum), make_shape(sh.total_q, Int<kHeadDim>{}, sh.num_heads_q),
-                                      make_stride(int64_t(sh.num_heads_q) * kHeadDim, _1{}, int64_t(kHeadDim)));
-        auto tma_dq = make_tma_copy(SM90_TMA_REDUCE_ADD{}, dq_accum, typename Traits::SmemLayoutdQ{}, QTile{}, _1{});
+        // The fp32 dQ accumulator, (tokens, bucket, heads): the target of the writer warp's reduce-adds. The
+        // kernel that splits the head dim adds to it from registers and gets no descriptor.
+        auto tma_dq = [&] {
+            if constexpr (Traits::kSplitHeadDim) {
+                return sm90::NoTmaDescriptor{};
+            } else {
+                Tensor dq_accum =
+                    make_tensor(make_gmem_ptr(params.dq_accum), make_shape(sh.total_q, Int<kHeadDim>{}, sh.num_heads_q),
+                                make_stride(int64_t(sh.num_heads_q) * kHeadDim, _1{}, int64_t(kHeadDim)));
+                return make_tma_copy(SM90_TMA_REDUCE_ADD{}, dq_accum, typename Traits::SmemLayoutdQ{}, QTile{}, _1{});
+            }
+        }();
         auto kernel = &sm90::bwd_kernel<Traits, kCausal, decltype(tma_q), decltype(tma_do), decltype(tma_k),
                                         decltype(tma_v), decltype(tma_dq)>;
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes);

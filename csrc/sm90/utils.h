@@ -118,6 +118,9 @@ __forceinline__ __device__ void store_tile_16b(SmemTile const &tile, Element *gm
     }
 }
 
+// The kernel argument in place of a TMA descriptor a kernel configuration does not use.
+struct NoTmaDescriptor {};
+
 // (tokens, head dim, heads) view of a packed varlen array: the global tensor TMA descriptors are built over.
 // The head-dim extent is the real one, so TMA fills the columns of a larger bucket with zeros.
 template <typename Element>
