@@ -1,7 +1,7 @@
-// Online softmax over accumulator rows, and the element mask applied to a partial tile. Both work on
-// (rows, cols) views of an MMA accumulator (sm80/utils.h and sm90/utils.h build them); in both the mma.sync
-// and the wgmma accumulator a row is spread over the 4 threads of a quad. The masking rule itself is
-// masked_pair_visible() in tree_mask.h.
+// Online softmax over accumulator rows, the backward's softmax on a transposed tile, and the element mask
+// applied to a partial tile. All work on (rows, cols) views of an MMA accumulator (sm80/utils.h and
+// sm90/utils.h build them); in both the mma.sync and the wgmma accumulator a row is spread over the 4 threads
+// of a quad. The masking rule itself is masked_pair_visible() in tree_mask.h.
 #pragma once
 
 #include <cmath>
@@ -174,5 +174,39 @@ struct OnlineSoftmax {
         }
     }
 };
+
+// The backward's softmax on a transposed tile (rows keys, columns queries; the sm90 backward's S^T and dP^T),
+// in two halves so that the first can run while dP^T is still being computed. Columns (c, c+1) are neighbouring
+// queries, so their row statistics are one 8-byte load; `coord` gives each column's tile-local query, and
+// lse_log2 / dsum are the query rows' statistics in shared memory.
+// P^T = exp2(S^T * scale_log2 - LSE_log2), in place of S^T (a row past the sequence or without keys has LSE_log2
+// = +inf, so its P is 0).
+template <class S, class C>
+__forceinline__ __device__ void probabilities_transposed(S &st, C const &coord, const float *lse_log2,
+                                                         float scale_log2) {
+#pragma unroll
+    for (int c = 0; c < size<1>(st); c += 2) {
+        const float2 lse = *reinterpret_cast<const float2 *>(&lse_log2[get<1>(coord(0, c))]);
+#pragma unroll
+        for (int r = 0; r < size<0>(st); ++r) {
+            st(r, c) = exp2f(fmaf(st(r, c), scale_log2, -lse.x));
+            st(r, c + 1) = exp2f(fmaf(st(r, c + 1), scale_log2, -lse.y));
+        }
+    }
+}
+
+// dS^T = P^T (dP^T - D), in place of dP^T, where D = rowsum(dO * O) - dLSE of each query.
+template <class S, class C>
+__forceinline__ __device__ void score_gradients_transposed(S &dpt, S const &pt, C const &coord, const float *dsum) {
+#pragma unroll
+    for (int c = 0; c < size<1>(dpt); c += 2) {
+        const float2 d = *reinterpret_cast<const float2 *>(&dsum[get<1>(coord(0, c))]);
+#pragma unroll
+        for (int r = 0; r < size<0>(dpt); ++r) {
+            dpt(r, c) = pt(r, c) * (dpt(r, c) - d.x);
+            dpt(r, c + 1) = pt(r, c + 1) * (dpt(r, c + 1) - d.y);
+        }
+    }
+}
 
 }  // namespace flash_tree_attn

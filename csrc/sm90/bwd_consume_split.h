@@ -147,28 +147,12 @@ __forceinline__ __device__ void consume_bwd_split(const BwdParams &params, const
             mask_tile_values</*kTransposed=*/true>(st, tScS_rc, seq.diag + row0 - col0, key_value,
                                                    [&](int c) { return query_value[get<1>(tScS_rc(0, c))]; });
         }
-        CUTE_UNROLL
-        for (int c = 0; c < size<1>(st); c += 2) {
-            const float2 lse_log2 = *reinterpret_cast<const float2 *>(&smem.lse_log2[s][get<1>(tScS_rc(0, c))]);
-            CUTE_UNROLL
-            for (int r = 0; r < size<0>(st); ++r) {
-                st(r, c) = exp2f(fmaf(st(r, c), params.softmax_scale_log2, -lse_log2.x));
-                st(r, c + 1) = exp2f(fmaf(st(r, c + 1), params.softmax_scale_log2, -lse_log2.y));
-            }
-        }
+        probabilities_transposed(st, tScS_rc, smem.lse_log2[s], params.softmax_scale_log2);
         // dS^T = P^T * (dP^T - D)
         warpgroup_wait<0>();
         warpgroup_fence_operand(acc_dp);
         Tensor dpt = acc_rowcol(acc_dp);
-        CUTE_UNROLL
-        for (int c = 0; c < size<1>(dpt); c += 2) {
-            const float2 dsum = *reinterpret_cast<const float2 *>(&smem.dsum[s][get<1>(tScS_rc(0, c))]);
-            CUTE_UNROLL
-            for (int r = 0; r < size<0>(dpt); ++r) {
-                dpt(r, c) = st(r, c) * (dpt(r, c) - dsum.x);
-                dpt(r, c + 1) = st(r, c + 1) * (dpt(r, c + 1) - dsum.y);
-            }
-        }
+        score_gradients_transposed(dpt, st, tScS_rc, smem.dsum[s]);
 
         // Both halves of P^T and dS^T into shared memory, once the other warpgroup's GEMMs of the previous step
         // no longer read them, and visible to wgmma.

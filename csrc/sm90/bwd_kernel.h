@@ -227,21 +227,37 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
         key_value[r] = key_mask_value_at(has_tree, params.tree_end_k, k_offset, col0 + get<0>(tScS_rc(r, 0)), seqlen_k);
     }
 
+    // A step's S^T GEMM is issued as soon as its stage is in, and the previous step's dQ goes to shared memory
+    // while it runs. The loop carries dQ, not S^T: registers an in-flight wgmma writes may not cross the back
+    // edge or a branch that skips the issue without ptxas waiting for the wgmma there (C7517), and the
+    // wait<1> before dQ is read shows ptxas that the wgmma which wrote it has retired (it has, since the
+    // previous step's wait<0>), where it would otherwise wait for the S^T GEMM.
+    Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+    // Hands a step's dQ to the writer warp once it has read the tile this buffer held before.
+    auto hand_over_dq = [&](int buf) {
+        warpgroup_wait<1>();
+        cutlass::arch::NamedBarrier::sync(kDqHandshake, kDqEmpty + buf);
+        store_column_pairs_at(acc_dq, tdQsdQ0, smem.dq[0], smem.dq[buf]);
+        cutlass::arch::fence_view_async_shared();  // visible to TMA (async proxy)
+        cutlass::arch::NamedBarrier::arrive(kDqHandshake, kDqFull + buf);
+    };
     wait_full(smem.kv_full, 0);
     StageCursor<Traits::kStages> cur;
-    int step = 0;
-    for (;; ++step) {
+    for (int step = 0;; ++step) {
         const int s = cur.stage;
         wait_full(smem.q_full[s], cur.phase);
         const int m_block = smem.stage_block[s];
-        if (m_block == kNoBlock) break;
-        const TileKind kind = static_cast<TileKind>(smem.stage_kind[s]);
-        const int row0 = m_block * kBlockM;
-
+        if (m_block == kNoBlock) {
+            if (step > 0) hand_over_dq((step - 1) & 1);
+            break;
+        }
         Tensor acc_s = partition_fragment_C(mma_sdp, Shape<Int<kBlockN>, Int<kBlockM>>{});
         Tensor acc_dp = partition_fragment_C(mma_sdp, Shape<Int<kBlockN>, Int<kBlockM>>{});
         wgmma_issue</*kZeroInit=*/true>(mma_sdp, tSrK, tSrQ(_, _, _, s), acc_s);
+        if (step > 0) hand_over_dq((step - 1) & 1);
         wgmma_issue</*kZeroInit=*/true>(mma_sdp, tdPrV, tdPrdO(_, _, _, s), acc_dp);
+        const TileKind kind = static_cast<TileKind>(smem.stage_kind[s]);
+        const int row0 = m_block * kBlockM;
 
         // P^T = exp(scale * S^T - LSE) while dP^T is still being computed.
         warpgroup_wait<1>();
@@ -252,29 +268,12 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
             mask_tile_values</*kTransposed=*/true>(st, tScS_rc, seq.diag + row0 - col0, key_value,
                                                    [&](int c) { return query_value[get<1>(tScS_rc(0, c))]; });
         }
-        // Columns (c, c+1) are neighbouring queries, so their row statistics are one 8-byte load.
-        CUTE_UNROLL
-        for (int c = 0; c < size<1>(st); c += 2) {
-            const float2 lse_log2 = *reinterpret_cast<const float2 *>(&smem.lse_log2[s][get<1>(tScS_rc(0, c))]);
-            CUTE_UNROLL
-            for (int r = 0; r < size<0>(st); ++r) {
-                st(r, c) = exp2f(fmaf(st(r, c), params.softmax_scale_log2, -lse_log2.x));
-                st(r, c + 1) = exp2f(fmaf(st(r, c + 1), params.softmax_scale_log2, -lse_log2.y));
-            }
-        }
+        probabilities_transposed(st, tScS_rc, smem.lse_log2[s], params.softmax_scale_log2);
         // dS^T = P^T * (dP^T - D)
         warpgroup_wait<0>();
         warpgroup_fence_operand(acc_dp);
         Tensor dpt = acc_rowcol(acc_dp);
-        CUTE_UNROLL
-        for (int c = 0; c < size<1>(dpt); c += 2) {
-            const float2 dsum = *reinterpret_cast<const float2 *>(&smem.dsum[s][get<1>(tScS_rc(0, c))]);
-            CUTE_UNROLL
-            for (int r = 0; r < size<0>(dpt); ++r) {
-                dpt(r, c) = st(r, c) * (dpt(r, c) - dsum.x);
-                dpt(r, c + 1) = st(r, c + 1) * (dpt(r, c + 1) - dsum.y);
-            }
-        }
+        score_gradients_transposed(dpt, st, tScS_rc, smem.dsum[s]);
 
         Tensor rP = to_type<Element>(acc_s);
         Tensor rdS = to_type<Element>(acc_dp);
@@ -291,7 +290,6 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
         cutlass::arch::fence_view_async_shared();
         cutlass::arch::NamedBarrier::sync(Traits::kConsumerThreads, kDsReady);
 
-        Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
         wgmma_issue</*kZeroInit=*/true>(mma_dq, tdQrdS(_, _, _, buf), tdQrK, acc_dq);
         warpgroup_wait<0>();
         // The register operands P^T and dS^T are read by the dV/dK wgmma until this wait: the fences keep
@@ -302,12 +300,6 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
         warpgroup_fence_operand(acc_dk);
         warpgroup_fence_operand(acc_dv);
         release(smem.q_empty[s]);
-
-        // Hand dQ to the writer warp once it has finished reading the tile of two steps ago from this buffer.
-        cutlass::arch::NamedBarrier::sync(kDqHandshake, kDqEmpty + buf);
-        store_column_pairs_at(acc_dq, tdQsdQ0, smem.dq[0], smem.dq[buf]);
-        cutlass::arch::fence_view_async_shared();  // visible to TMA (async proxy)
-        cutlass::arch::NamedBarrier::arrive(kDqHandshake, kDqFull + buf);
         cur.advance();
     }
     // Both buffers drained: this takes the writer's last arrival on each (one per buffer more than the steps

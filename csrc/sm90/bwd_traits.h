@@ -13,21 +13,16 @@ namespace flash_tree_attn::sm90 {
 
 using namespace cute;
 
-// One CTA owns kBlockN = 128 keys of one key/value head (64 per consumer warpgroup) and walks the query
-// blocks (kBlockM = 64 rows) that see them. Scores are computed transposed, S^T = K Q^T, so that each
-// warpgroup holds whole key rows: P^T and dS^T then feed dV += P^T dO and dK += dS^T Q straight from
-// registers, and dK/dV stay in registers for the whole CTA. dQ = dS K needs every key, so dS^T goes through
-// shared memory and the two warpgroups split dQ's head dim; the dQ tile then goes through shared memory to a
-// writer warp of the producer warpgroup, which adds it to the fp32 accumulator with TMA reduce-adds, so the
-// consumers never wait on global atomics.
-template <int kHeadDim_, typename Element_>
-struct BwdTraits {
+// What both backward configurations share: one producer warpgroup (the TMA warp and, in BwdTraits, the dQ writer
+// warp) and two consumer warpgroups with their register split, a ring of two Q / dO stages, and the state the
+// producer hands over with each stage (SharedStorage of each configuration derives from StageState).
+template <typename Element_, int kHeadDim_, int kBlockM_, int kBlockN_>
+struct BwdTraitsBase {
     using Element = Element_;
-    static constexpr bool kSplitHeadDim = false;
     static constexpr int kHeadDim = kHeadDim_;
+    static constexpr int kBlockM = kBlockM_;
+    static constexpr int kBlockN = kBlockN_;
     static constexpr int kConsumerWarpgroups = 2;
-    static constexpr int kBlockM = 64;
-    static constexpr int kBlockN = 64 * kConsumerWarpgroups;
     static constexpr int kStages = 2;
     static constexpr int kConsumerThreads = 128 * kConsumerWarpgroups;
     static constexpr int kNThreads = 128 + kConsumerThreads;
@@ -36,6 +31,39 @@ struct BwdTraits {
     static_assert(register_split_fits(kProducerRegs, kConsumerRegs, kConsumerThreads),
                   "the warpgroups' registers after setmaxnreg exceed what the CTA is launched with");
     static_assert(kBlockM % kBoundsGranule == 0 && kBlockN % kBoundsGranule == 0);
+
+    static constexpr uint32_t kQBytes = kBlockM * kHeadDim * sizeof(Element);
+    static constexpr uint32_t kKVBytes = kBlockN * kHeadDim * sizeof(Element);
+
+    struct StageState {
+        // Per stage, for the query rows it holds: log2-domain LSE (+inf where the row sees nothing or lies past
+        // the sequence, so P = 0 there) and D = rowsum(dO * O) - dLSE.
+        alignas(16) float lse_log2[kStages][kBlockM];
+        alignas(16) float dsum[kStages][kBlockM];
+        // The mask values (tree_mask.h) of a stage's query rows: their tree starts, kQueryOutside past the
+        // sequence.
+        alignas(16) int query_value[kStages][kBlockM];
+        alignas(8) uint64_t kv_full;
+        uint64_t q_full[kStages];  // Q, dO (TMA) and the row statistics of a stage
+        uint64_t q_empty[kStages];
+        int stage_block[kStages];  // query block, or kNoBlock to end the consumers' loop
+        int stage_kind[kStages];
+    };
+};
+
+// One CTA owns kBlockN = 128 keys of one key/value head (64 per consumer warpgroup) and walks the query
+// blocks (kBlockM = 64 rows) that see them. Scores are computed transposed, S^T = K Q^T, so that each
+// warpgroup holds whole key rows: P^T and dS^T then feed dV += P^T dO and dK += dS^T Q straight from
+// registers, and dK/dV stay in registers for the whole CTA. dQ = dS K needs every key, so dS^T goes through
+// shared memory and the two warpgroups split dQ's head dim; the dQ tile then goes through shared memory to a
+// writer warp of the producer warpgroup, which adds it to the fp32 accumulator with TMA reduce-adds, so the
+// consumers never wait on global atomics.
+template <int kHeadDim_, typename Element_>
+struct BwdTraits : BwdTraitsBase<Element_, kHeadDim_, /*kBlockM=*/64, /*kBlockN=*/128> {
+    using Base = BwdTraitsBase<Element_, kHeadDim_, 64, 128>;
+    using typename Base::Element;
+    using Base::kBlockM, Base::kBlockN, Base::kConsumerWarpgroups, Base::kHeadDim, Base::kStages;
+    static constexpr bool kSplitHeadDim = false;
     static_assert(kHeadDim <= 128, "dK and dV accumulators of 64 x kHeadDim per warpgroup must fit in registers");
 
     using TiledMmaSdP = decltype(make_tiled_mma(
@@ -70,33 +98,18 @@ struct BwdTraits {
     // banks, and TMA reads it as boxes of 32 columns.
     using SmemLayoutdQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<float>{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
 
-    struct SharedStorage {
+    struct SharedStorage : Base::StageState {
         alignas(1024) Element k[cosize_v<SmemLayoutK>];
         alignas(1024) Element v[cosize_v<SmemLayoutK>];
         alignas(1024) Element q[cosize_v<SmemLayoutQ>];
         alignas(1024) Element dout[cosize_v<SmemLayoutQ>];
         alignas(1024) Element ds[cosize_v<SmemLayoutdS>];
-        // Per stage, for the 64 query rows it holds: log2-domain LSE (+inf where the row sees nothing or
-        // lies past the sequence, so P = 0 there) and D = rowsum(dO * O) - dLSE.
-        alignas(16) float lse_log2[kStages][kBlockM];
-        alignas(16) float dsum[kStages][kBlockM];
-        // The mask values (tree_mask.h) of a stage's query rows: their tree starts, kQueryOutside past the
-        // sequence.
-        alignas(16) int query_value[kStages][kBlockM];
         // dQ of a step, handed from the consumers to the dQ writer warp; two buffers, alternating by step, so
         // the consumers write one while TMA still reads the other.
         alignas(1024) float dq[2][cosize_v<SmemLayoutdQ>];
-        alignas(8) uint64_t kv_full;
-        uint64_t q_full[kStages];  // Q, dO (TMA) and the row statistics of a stage
-        uint64_t q_empty[kStages];
-        int stage_block[kStages];  // query block, or kNoBlock to end the consumers' loop
-        int stage_kind[kStages];
     };
     static constexpr int kSmemBytes = int(sizeof(SharedStorage));
     static_assert(kSmemBytes <= 227 * 1024, "tile configuration exceeds Hopper shared memory");
-
-    static constexpr uint32_t kQBytes = kBlockM * kHeadDim * sizeof(Element);
-    static constexpr uint32_t kKVBytes = kBlockN * kHeadDim * sizeof(Element);
 };
 
 // Backward for head dims whose dK and dV do not fit in registers per 64 keys (192, 256): one CTA owns kBlockN =
@@ -108,22 +121,12 @@ struct BwdTraits {
 // added to the fp32 accumulator by global reductions through a small per-warp staging tile, as shared memory
 // has no room for a dQ tile beside the two-stage Q and dO ring (208 KB of K, V, Q and dO at head dim 256).
 template <int kHeadDim_, typename Element_>
-struct BwdSplitDimTraits {
-    using Element = Element_;
+struct BwdSplitDimTraits : BwdTraitsBase<Element_, kHeadDim_, /*kBlockM=*/64, /*kBlockN=*/64> {
+    using Base = BwdTraitsBase<Element_, kHeadDim_, 64, 64>;
+    using typename Base::Element;
+    using Base::kBlockM, Base::kBlockN, Base::kConsumerThreads, Base::kHeadDim, Base::kStages;
     static constexpr bool kSplitHeadDim = true;
-    static constexpr int kHeadDim = kHeadDim_;
     static constexpr int kHalfDim = kHeadDim / 2;
-    static constexpr int kConsumerWarpgroups = 2;
-    static constexpr int kBlockM = 64;
-    static constexpr int kBlockN = 64;
-    static constexpr int kStages = 2;
-    static constexpr int kConsumerThreads = 128 * kConsumerWarpgroups;
-    static constexpr int kNThreads = 128 + kConsumerThreads;
-    static constexpr int kProducerRegs = 24;
-    static constexpr int kConsumerRegs = 240;
-    static_assert(register_split_fits(kProducerRegs, kConsumerRegs, kConsumerThreads),
-                  "the warpgroups' registers after setmaxnreg exceed what the CTA is launched with");
-    static_assert(kBlockM % kBoundsGranule == 0 && kBlockN % kBoundsGranule == 0);
     static_assert(kHalfDim % 32 == 0, "each warpgroup's half of the head dim must be whole 64-byte swizzle rows");
 
     // S^T and dP^T: (64 keys, 64 queries), the warpgroups side by side along the queries.
@@ -164,7 +167,7 @@ struct BwdSplitDimTraits {
     static constexpr int kDqStageCols = 32;
     static constexpr int kDqStageStride = kDqStageCols + 4;
 
-    struct SharedStorage {
+    struct SharedStorage : Base::StageState {
         alignas(1024) Element k[cosize_v<SmemLayoutK>];
         alignas(1024) Element v[cosize_v<SmemLayoutK>];
         alignas(1024) Element q[cosize_v<SmemLayoutQ>];
@@ -172,22 +175,10 @@ struct BwdSplitDimTraits {
         alignas(1024) Element pt[cosize_v<SmemLayoutPt>];
         alignas(1024) Element dst[cosize_v<SmemLayoutPt>];
         alignas(16) float dq_stage[kConsumerThreads / 32][kDqStageRows][kDqStageStride];
-        // As in BwdTraits, per stage.
-        alignas(16) float lse_log2[kStages][kBlockM];
-        alignas(16) float dsum[kStages][kBlockM];
-        alignas(16) int query_value[kStages][kBlockM];
-        alignas(8) uint64_t kv_full;
-        uint64_t q_full[kStages];
-        uint64_t q_empty[kStages];
-        int stage_block[kStages];
-        int stage_kind[kStages];
-        int stage_head[kStages];  // the query head of the stage's work item: where its dQ goes
+        int stage_head[kStages];  // per stage, the query head of its work item: where its dQ goes
     };
     static constexpr int kSmemBytes = int(sizeof(SharedStorage));
     static_assert(kSmemBytes <= 227 * 1024, "tile configuration exceeds Hopper shared memory");
-
-    static constexpr uint32_t kQBytes = kBlockM * kHeadDim * sizeof(Element);
-    static constexpr uint32_t kKVBytes = kBlockN * kHeadDim * sizeof(Element);
 };
 
 // Named barriers of the backward (ids above the one hardware barrier __syncthreads uses are offset by
