@@ -3,7 +3,8 @@
 
 The same-run A/Bs of bench_results/RESULTS.md: swap the extension between runs, alternate the variants, compare
 the lines. Backward = median(forward + backward) - median(forward), triton's do_bench. Head dim 128 times two
-shapes; --head-dims 64,192,256 times the benchmark's D=64 / D=256 dense shapes (and D=192 like D=256) instead.
+shapes; --head-dims 64,96,192,256 times the benchmark's D=64 / D=256 dense shapes (D=96 like D=128, D=192 like
+D=256) instead.
 
     FLASH_TREE_ATTN_PATH=sm90 python3 tools/dense_timing.py LABEL [--head-dims 128,64,256] [--forward-only]
 """
@@ -14,9 +15,11 @@ import triton
 
 import flash_tree_attn as fta
 
-SHAPES = {  # head dim -> (batch, length, heads): workloads.json's dense rows, and D=192 shaped like D=256
+SHAPES = {  # head dim -> (batch, length, heads): workloads.json's dense rows, D=96 shaped like D=128's first and
+    # D=192 like D=256
     128: [(4, 16384, 16), (16, 4096, 16)],
     64: [(4, 16384, 32)],
+    96: [(4, 16384, 16)],
     192: [(4, 16384, 8)],
     256: [(4, 16384, 8)],
 }

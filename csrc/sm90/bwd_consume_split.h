@@ -159,8 +159,8 @@ __forceinline__ __device__ void consume_bwd_split(const BwdParams &params, const
         Tensor rP = to_type<Element>(acc_s);
         Tensor rdS = to_type<Element>(acc_dp);
         cutlass::arch::NamedBarrier::sync(Traits::kConsumerThreads, kPtFree);
-        store_column_pairs_at(rP, tPsPt, smem.pt, smem.pt);
-        store_column_pairs_at(rdS, tPsPt, smem.pt, smem.dst);
+        store_column_pairs(rP, tPsPt, smem.pt, smem.pt);
+        store_column_pairs(rdS, tPsPt, smem.pt, smem.dst);
         cutlass::arch::fence_view_async_shared();
         cutlass::arch::NamedBarrier::sync(Traits::kConsumerThreads, kDsReady);
 
@@ -188,8 +188,8 @@ __forceinline__ __device__ void consume_bwd_split(const BwdParams &params, const
     for (int i = 0; i < size(acc_dk); ++i) acc_dk(i) *= params.softmax_scale;
     Tensor rdK = to_type<Element>(acc_dk);
     Tensor rdV = to_type<Element>(acc_dv);
-    store_column_pairs(rdK, thr_dkv.partition_C(sK));
-    store_column_pairs(rdV, thr_dkv.partition_C(sV));
+    store_column_pairs(rdK, thr_dkv.partition_C(sK), smem.k, smem.k);
+    store_column_pairs(rdV, thr_dkv.partition_C(sV), smem.v, smem.v);
     const int wg = tid / 128;
     cutlass::arch::NamedBarrier::sync(128, kEpilogue + wg);
     auto store = [&](auto const &tile, void *base, int64_t row_stride, int64_t head_stride) {

@@ -232,15 +232,15 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     // cross the back edge or a branch that skips the issue without ptxas waiting for the wgmma there (C7517),
     // and the wait<1> before dQ is read shows ptxas that the wgmma which wrote it has retired (it has, since
     // the previous step's wait<0>), where it would otherwise wait for the S^T GEMM. At head dim 64 that GEMM is
-    // too short to hide the hand-over (the backward ran 4% slower), so each step hands its own dQ over at its
-    // end (bench_results/RESULTS.md, seventeenth session).
+    // too short to hide the hand-over (the backward ran 4% slower; at 96 this order is 2% faster), so each step
+    // hands its own dQ over at its end there (bench_results/RESULTS.md, seventeenth session).
     constexpr bool kHandOverUnderScores = kHeadDim > 64;
     Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
     // Hands a step's dQ to the writer warp once it has read the tile this buffer held before.
     auto hand_over_dq = [&](int buf) {
         if constexpr (kHandOverUnderScores) warpgroup_wait<1>();
         cutlass::arch::NamedBarrier::sync(kDqHandshake, kDqEmpty + buf);
-        store_column_pairs_at(acc_dq, tdQsdQ0, smem.dq[0], smem.dq[buf]);
+        store_column_pairs(acc_dq, tdQsdQ0, smem.dq[0], smem.dq[buf]);
         cutlass::arch::fence_view_async_shared();  // visible to TMA (async proxy)
         cutlass::arch::NamedBarrier::arrive(kDqHandshake, kDqFull + buf);
     };
@@ -293,7 +293,7 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
         // of each other, so the buffer written now is no longer read), visible to wgmma's async proxy.
         const int buf = step & 1;
         // S^T's column pairs: neighbouring queries of a key.
-        store_column_pairs_at(rdS, tdSsdS0, smem.ds, smem.ds + buf * (kBlockM * kBlockN));
+        store_column_pairs(rdS, tdSsdS0, smem.ds, smem.ds + buf * (kBlockM * kBlockN));
         cutlass::arch::fence_view_async_shared();
         cutlass::arch::NamedBarrier::sync(Traits::kConsumerThreads, kDsReady);
 
@@ -322,8 +322,8 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     for (int i = 0; i < size(acc_dk); ++i) acc_dk(i) *= params.softmax_scale;
     Tensor rdK = to_type<Element>(acc_dk);
     Tensor rdV = to_type<Element>(acc_dv);
-    store_column_pairs(rdK, thr_dkv.partition_C(sK));
-    store_column_pairs(rdV, thr_dkv.partition_C(sV));
+    store_column_pairs(rdK, thr_dkv.partition_C(sK), smem.k, smem.k);
+    store_column_pairs(rdV, thr_dkv.partition_C(sV), smem.v, smem.v);
     const int wg = tid / 128;
     cutlass::arch::NamedBarrier::sync(128, kEpilogue + wg);  // this warpgroup's dK and dV rows are written
     const int key0 = col0 + wg * 64;

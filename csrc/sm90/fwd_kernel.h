@@ -257,7 +257,7 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
     float lse[kRows];
     softmax.finalize(acc_o_rc, params.softmax_scale, lse);
     Tensor rO = to_type<Element>(acc_o);
-    store_column_pairs(rO, thr_o.partition_C(sQ));
+    store_column_pairs(rO, thr_o.partition_C(sQ), smem.q, smem.q);
     const int wg = tid / 128;
     cutlass::arch::NamedBarrier::sync(128, wg);  // this warpgroup's O rows are in shared memory
     const int wg_row0 = row0 + wg * 64;

@@ -61,31 +61,19 @@ CUTE_HOST_DEVICE auto acc_as_a_operand_layout(Layout acc) {
                        coalesce(make_layout(get<0, 1>(groups), get<2>(acc))));
 }
 
-// Writes an accumulator fragment, converted to its storage type, into the shared-memory tile `dst` (the same
-// MMA's partition_C of it): two neighbouring columns per store, which every swizzle of the kernels keeps adjacent.
-template <class Frag, class SmemPartition>
-__forceinline__ __device__ void store_column_pairs(Frag const &frag, SmemPartition &&dst) {
-    using Pair = cutlass::Array<typename Frag::value_type, 2>;
-    CUTE_UNROLL
-    for (int i = 0; i < size(frag); i += 2) {  // (i, i+1): neighbouring columns of one row
-        Pair pair;
-        pair[0] = frag(i);
-        pair[1] = frag(i + 1);
-        *reinterpret_cast<Pair *>(&dst(i)) = pair;
-    }
-}
-
-// The same into buffer `base` of a buffered shared-memory array, through the partition `partition0` of its buffer
-// at `base0`: the addresses are offsets from those pointers, which keeps them in the shared window for the
-// compiler (shared stores; through a partition's own pointers they compile to generic stores with 64-bit
-// addresses, bench_results/RESULTS.md, 2026-12-01). The buffers lie whole swizzle periods apart, so an element's
-// offset inside buffer 0 is its offset inside every buffer. The pairs are stored as one aligned access each.
+// Writes an accumulator fragment, converted to T, into buffer `base` of a shared-memory array, through the same
+// MMA's partition `partition0` of the buffer at `base0` (for an unbuffered tile, base = base0 = the array): two
+// neighbouring columns per store, which every swizzle of the kernels keeps adjacent, as one aligned access. The
+// addresses are offsets from those pointers, which keeps them in the shared window for the compiler (shared
+// stores; through a partition's own pointers they compile to generic stores with 64-bit addresses,
+// bench_results/RESULTS.md, 2026-12-01). Buffers lie whole swizzle periods apart, so an element's offset inside
+// buffer 0 is its offset inside every buffer.
 template <class Frag, class Partition, typename T>
-__forceinline__ __device__ void store_column_pairs_at(Frag const &frag, Partition const &partition0, T const *base0,
-                                                      T *base) {
+__forceinline__ __device__ void store_column_pairs(Frag const &frag, Partition const &partition0, T const *base0,
+                                                   T *base) {
     using Pair = cutlass::AlignedArray<T, 2>;
     CUTE_UNROLL
-    for (int i = 0; i < size(frag); i += 2) {
+    for (int i = 0; i < size(frag); i += 2) {  // (i, i+1): neighbouring columns of one row
         Pair pair;
         pair[0] = T(frag(i));
         pair[1] = T(frag(i + 1));
