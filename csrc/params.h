@@ -60,6 +60,7 @@ struct FwdParams {
     int64_t o_row_stride = 0, o_head_stride = 0;
 
     float *softmax_lse = nullptr;  // (num_heads_q, total_q), natural log; -inf for rows that see no key
+    int *fwd_item_counter = nullptr;  // sm90 forward: zeroed, counts the work items taken after the first wave
 
     const int *cu_seqlens_q = nullptr;  // (batch + 1)
     const int *cu_seqlens_k = nullptr;

@@ -17,7 +17,7 @@
 // L2 reuse weighs more: the rank block is the whole (sequence, head), i.e. one (sequence, head) after the
 // other, key block 0 (the heaviest under causality) first. (The forward keeps one (sequence, head) at a
 // time, last query block first: its tiles weigh about the same across heads, and the K/V reuse of that
-// order measured faster there.)
+// order measured faster there; fwd_item below is that order for the sm90 forward's work items.)
 #pragma once
 
 #include <cstdint>
@@ -29,9 +29,9 @@ namespace flash_tree_attn {
 constexpr int kRankBlock = 8;
 
 struct TileCoord {
-    int block;  // key block
+    int block;  // key block (backward) or query block (forward)
     int batch;
-    int head;   // key/value head
+    int head;   // key/value head (backward) or query head (forward)
 };
 
 // Number of CTAs for `blocks` key blocks per (sequence, head); the caller checks that it fits in int.
@@ -66,6 +66,23 @@ __device__ __forceinline__ TileCoord bwd_tile(const BwdParams &p) {
     const int blocks = ceil_div(p.shape.max_seqlen_k, kBlockN);
     const bool tree = p.tree_start_q != nullptr;
     return tile_at(blockIdx.x, blocks, p.shape.batch, p.shape.num_heads_kv, tree ? min(kRankBlock, blocks) : blocks);
+}
+
+// The sm90 forward's work items (query block, sequence, query head) in the order its CTAs take them: one
+// (sequence, head) after the other, the last query block (the heaviest under causality) first.
+template <int kBlockM>
+__host__ __device__ inline int64_t fwd_item_count(const FwdParams &p) {
+    return int64_t(ceil_div(p.shape.max_seqlen_q, kBlockM)) * p.shape.batch * p.shape.num_heads_q;
+}
+template <int kBlockM>
+__device__ __forceinline__ TileCoord fwd_item(const FwdParams &p, int index) {
+    const int blocks = ceil_div(p.shape.max_seqlen_q, kBlockM);
+    const int unit = index / blocks;
+    TileCoord t;
+    t.block = blocks - 1 - (index - unit * blocks);
+    t.batch = unit % p.shape.batch;
+    t.head = unit / p.shape.batch;
+    return t;
 }
 
 }  // namespace flash_tree_attn

@@ -1,21 +1,25 @@
 #!/usr/bin/env python3
-"""Where an sm90 CTA's time goes: per-CTA timestamps of the forward and backward kernels, summarised.
+"""Where an sm90 CTA's time goes: per-CTA timestamps of the backward and per-work-item timestamps of the
+forward, summarised.
 
 Needs an extension built from sources with `tools/cta_trace.patch` applied (development only; the patch adds a
 trace pointer to the parameter structs, read from FTA_TRACE_FWD / FTA_TRACE_BWD at launch, and timestamps at
-fixed points of each CTA). One forward+backward of each workload is traced after ten untraced ones:
+fixed points of each CTA or work item). One forward+backward of each workload is traced after ten untraced ones:
 
     git apply tools/cta_trace.patch && <build>   # e.g. FLASH_TREE_ATTN_PATHS=sm90 FLASH_TREE_ATTN_HEAD_DIMS=128
     FLASH_TREE_ATTN_PATH=sm90 python3 tools/cta_trace.py grpo_P1024_n16_R2048,chain_causal_16384
 
-Slots (16 int64 per CTA, linear block index; cycles are the SM's clock64, ns the global timer):
-  0 CTA start (cycles), 8 CTA start (ns), 9 CTA end (ns), 10 SM id, 11 steps (forward: key blocks; backward:
-  query tiles over all query heads of the group);
+Slots (16 int64 per row; cycles are the SM's clock64, ns the global timer). A backward row is a CTA (linear block
+index); a forward row is a work item (tile_order.h's fwd_item index), since a persistent forward CTA runs several,
+and its "start" is when the consumers begin the item (for the CTA's first item, at the CTA's start):
+  0 start (cycles), 8 start (ns), 9 end (ns), 10 SM id, 11 steps (forward: key blocks; backward: query tiles over
+  all query heads of the group);
   forward: 1 Q in shared memory, 2 first K in shared memory, 3 last PV GEMM retired, 4 epilogue done (cycles);
   backward: 1 K/V in shared memory, 2 first stage in, 3 end marker seen, 4 dQ buffers drained, 5 dK/dV stored,
   6 dQ writer done, 7 producer starts its first tile, 12 producer's end marker (cycles).
-CTAs that return at once (past their sequence) leave slot 4 (forward) / 5 (backward) zero and are skipped. The
-buffers hold MAX_CTAS CTAs per launch (the standard workloads launch at most 9024).
+Rows of no work (query or key blocks past their sequence) leave slot 4 (forward) / 5 (backward) zero and are
+skipped; the summary calls every row a CTA. The buffers hold MAX_CTAS rows per launch (the standard workloads
+have at most 9024).
 """
 from __future__ import annotations
 

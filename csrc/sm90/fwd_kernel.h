@@ -1,11 +1,13 @@
-// sm90 forward kernel: one CTA per (128-row query block, sequence, query head), warp-specialized.
-// Warpgroup 0 is the producer: one warp walks the non-empty key blocks of the query block (the same scan
-// and tile classification as the sm80 path) and streams K and V into a two-stage ring with TMA, telling the
-// consumers which block each stage holds and whether it needs the element mask. Warpgroups 1 and 2 each own
-// 64 query rows: S = Q K^T by wgmma from shared memory, online softmax in registers, O += P V by wgmma with
-// P taken straight from the S registers; each consumer pipelines its key blocks so that the softmax of one
-// runs while the tensor cores do the PV GEMM of the one before. Empty tiles are never loaded; full tiles skip
-// the mask.
+// sm90 forward kernel, warp-specialized. Its work items are (128-row query block, sequence, query head), in the
+// order of tile_order.h. Where shared memory holds two Q tiles (FwdTraits::kPersistent: every head dim but 256) a
+// CTA runs on each SM and takes items one after the other, the next item's Q and first K loading while the current
+// one is computed; otherwise a CTA runs one item. Warpgroup 0 is the producer: one warp hands each item to the
+// consumers with its Q, walks the non-empty key blocks of the query block (the same scan and tile classification
+// as the sm80 path) and streams K and V into a two-stage ring with TMA, telling the consumers which block each
+// stage holds and whether it needs the element mask. Warpgroups 1 and 2 each own 64 query rows: S = Q K^T by wgmma
+// from shared memory, online softmax in registers, O += P V by wgmma with P taken straight from the S registers;
+// each consumer pipelines its key blocks so that the softmax of one runs while the tensor cores do the PV GEMM of
+// the one before. Empty tiles are never loaded; full tiles skip the mask.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -16,26 +18,32 @@
 #include "fragment_convert.h"
 #include "params.h"
 #include "softmax.h"
+#include "tile_order.h"
 #include "sm90/fwd_traits.h"
 #include "sm90/pipeline.h"
 #include "sm90/utils.h"
 
 namespace flash_tree_attn::sm90 {
 
-// Producer warp: Q once, then K and V of every non-empty key block, last block first (the causal diagonal
-// block, which needs the mask, goes first so later blocks run unmasked), each V one block behind its K, then
-// an end marker. With the K of a partial block go its keys' mask values (tree_mask.h), which the lanes load
-// while TMA brings K; every lane arrives on the stage's full barrier (pipeline.h).
+// Producer warp, per work item: Q into the item's buffer with the item's values, then K and V of every non-empty
+// key block, last block first (the causal diagonal block, which needs the mask, goes first so later blocks run
+// unmasked), each V one block behind its K, then an end marker. The first K goes out right after Q, before the
+// rows' mask values are fetched for the consumers (so that no round trip holds the item's first loads back), and
+// with the K of a partial block go its keys' mask values (tree_mask.h), which the lanes load while TMA brings K;
+// every lane arrives on the full barrier of what it wrote (pipeline.h). A persistent CTA's producer asks for its
+// next item (next_item, in lane 0) once the item's last K is queued.
 template <typename Traits, class TmaQ, class TmaK, class TmaV, class Storage>
 __forceinline__ __device__ void produce(const FwdParams &params, const SeqMaskInfo &seq, Storage &smem,
                                         TmaQ const &tma_q, TmaK const &tma_k, TmaV const &tma_v, int m_block,
-                                        int head, int head_kv, int q_offset, int k_offset) {
+                                        int head, int head_kv, int q_offset, int k_offset, int item, int qb,
+                                        uint32_t q_phase, StageCursor<Traits::kStages> &cur,
+                                        StageCursor<Traits::kStages> &v_cur, int &next_item) {
     constexpr int kBlockM = Traits::kBlockM;
     constexpr int kBlockN = Traits::kBlockN;
     constexpr int kHeadDim = Traits::kHeadDim;
     const bool leader = threadIdx.x % 32 == 0;
 
-    Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
+    Tensor sQ = make_tensor(make_smem_ptr(smem.q[qb]), typename Traits::SmemLayoutQ{});
     Tensor sK = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutK{});
     Tensor sV = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutV{});
 
@@ -57,17 +65,11 @@ __forceinline__ __device__ void produce(const FwdParams &params, const SeqMaskIn
     auto [tKgK, tKsK] = tma_partition(tma_k, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
     auto [tVgV, tVsV] = tma_partition(tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
 
-    if (leader) {
-        TxBarrier::arrive_and_expect_tx(&smem.q_full, Traits::kQBytes);
-        copy(tma_q.with(smem.q_full), tQgQ, tQsQ);
-    }
-
     // Requests follow the order in which the consumers need the tiles: K of block j + 1 (for S_{j+1}) before V
     // of block j (for the PV GEMM issued after it), so V of each block is queued one block late. K's stage frees
     // when S_{j-1} has retired, V's only when the PV GEMM of block j - 2 has, so queuing V first held every K
     // back by a PV GEMM.
-    StageCursor<Traits::kStages> cur;
-    StageCursor<Traits::kStages> v_cur;  // the stage of the block whose V is still to be queued
+    // K and V have a cursor each: the end marker takes a K stage and no V stage.
     int v_block = -1;
     auto queue_v = [&]() {
         wait_empty(smem.v_empty[v_cur.stage], v_cur.phase);
@@ -75,15 +77,13 @@ __forceinline__ __device__ void produce(const FwdParams &params, const SeqMaskIn
             TxBarrier::arrive_and_expect_tx(&smem.v_full[v_cur.stage], Traits::kKVBytes);
             copy(tma_v.with(smem.v_full[v_cur.stage]), tVgV(_, v_block), tVsV(_, v_cur.stage));
         }
+        v_cur.advance();
     };
-    const int n_end = key_block_end<kBlockM, kBlockN>(seq, m_block);
-    const int n_first = diagonal_key_block_unclassified<kBlockM, kBlockN>(seq, m_block, n_end);
-    TileWalk<kBlockM, kBlockN, /*kKeysDown=*/true> walk(m_block, (n_first >= 0 ? n_first : n_end) - 1, -1);
-    TileKind kind = TileKind::kPartial;
     const int lane = threadIdx.x % 32;
     const int *tree_end_k = seq.has_tree() ? params.tree_end_k + k_offset : nullptr;
-    int n_block = n_first >= 0 ? n_first : walk.next(seq, kind);
-    while (n_block >= 0) {
+    // A key block's K goes out as soon as its stage is free; its keys' mask values follow, then the stage's full
+    // barrier.
+    auto queue_k = [&](int n_block, TileKind kind) {
         const int s = cur.stage;
         wait_empty(smem.k_empty[s], cur.phase);
         if (leader) {
@@ -92,6 +92,9 @@ __forceinline__ __device__ void produce(const FwdParams &params, const SeqMaskIn
             TxBarrier::expect_transaction(&smem.k_full[s], Traits::kKVBytes);
             copy(tma_k.with(smem.k_full[s]), tKgK(_, n_block), tKsK(_, s));
         }
+    };
+    auto publish_k = [&](int n_block, TileKind kind) {
+        const int s = cur.stage;
         if (kind == TileKind::kPartial) {
             CUTE_UNROLL
             for (int j = lane; j < kBlockN; j += 32) {
@@ -100,29 +103,71 @@ __forceinline__ __device__ void produce(const FwdParams &params, const SeqMaskIn
             }
         }
         TxBarrier::arrive(&smem.k_full[s]);
+    };
+    const int n_end = key_block_end<kBlockM, kBlockN>(seq, m_block);
+    const int n_first = diagonal_key_block_unclassified<kBlockM, kBlockN>(seq, m_block, n_end);
+    TileWalk<kBlockM, kBlockN, /*kKeysDown=*/true> walk(m_block, (n_first >= 0 ? n_first : n_end) - 1, -1);
+    TileKind kind = TileKind::kPartial;
+    int n_block = n_first >= 0 ? n_first : walk.next(seq, kind);
+
+    // Q and the first K go out before the rows' mask values are fetched, so that the item's first loads are not
+    // held back by that round trip (the consumers may still be computing the item before).
+    wait_empty(smem.q_empty[qb], q_phase);  // the O of the item two back has left this buffer
+    if (leader) {
+        TxBarrier::expect_transaction(&smem.q_full[qb], Traits::kQBytes);
+        copy(tma_q.with(smem.q_full[qb]), tQgQ, tQsQ);
+        smem.q_item[qb][0] = item;
+        smem.q_item[qb][1] = q_offset;
+        smem.q_item[qb][2] = seq.seqlen_q;
+        smem.q_item[qb][3] = seq.diag;
+    }
+    if (n_block >= 0) queue_k(n_block, kind);
+    {
+        // Rows past the sequence are never stored and stay unmasked.
+        const bool has_tree = seq.has_tree();
+        CUTE_UNROLL
+        for (int j = lane; j < kBlockM; j += 32) {
+            const int row = m_block * kBlockM + j;
+            smem.row_value[qb][j] =
+                (has_tree && row < seq.seqlen_q) ? params.tree_start_q[q_offset + row] : kNoTreeStart;
+        }
+    }
+    TxBarrier::arrive(&smem.q_full[qb]);  // every lane publishes its own writes (pipeline.h)
+
+    for (bool first = true; n_block >= 0; first = false) {
+        if (!first) queue_k(n_block, kind);  // the first went out with Q
+        publish_k(n_block, kind);
         if (v_block >= 0) queue_v();
         v_block = n_block;
-        v_cur = cur;
         n_block = walk.next(seq, kind);
         cur.advance();
+    }
+    // Asked for here, not earlier: an item taken while this CTA still has a whole item to compute would wait for it
+    // however soon another CTA fell idle, and the launch's tail grew (grpo_P8192: the SMs' last ends 150 us apart,
+    // bench_results/RESULTS.md, seventeenth session). The consumers still have this item's last key blocks to
+    // compute; the atomic's round trip runs while the last V and the end marker are queued.
+    if constexpr (Traits::kPersistent) {
+        if (lane == 0) next_item = atomicAdd(params.fwd_item_counter, 1);
     }
     if (v_block >= 0) queue_v();
     wait_empty(smem.k_empty[cur.stage], cur.phase);
     if (leader) smem.stage_block[cur.stage] = kNoBlock;
     TxBarrier::arrive(&smem.k_full[cur.stage]);  // completes the phase with no bytes expected
+    cur.advance();
 }
 
 // Consumer warpgroups: the attention mainloop and the epilogue for their 64 rows each.
 template <typename Traits, bool kCausal, class Storage>
-__forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskInfo &seq, Storage &smem, int m_block,
-                                        int head, int q_offset, int k_offset) {
+__forceinline__ __device__ void consume(const FwdParams &params, Storage &smem, int m_block, int head, int q_offset,
+                                        int seqlen_q, int diag, int qb, StageCursor<Traits::kStages> &cur,
+                                        StageCursor<Traits::kStages> &v_cur) {
     using Element = typename Traits::Element;
     constexpr int kBlockM = Traits::kBlockM;
     constexpr int kBlockN = Traits::kBlockN;
     constexpr int kHeadDim = Traits::kHeadDim;
     const int tid = threadIdx.x - 128;  // 0 .. kConsumerThreads-1
 
-    Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
+    Tensor sQ = make_tensor(make_smem_ptr(smem.q[qb]), typename Traits::SmemLayoutQ{});
     Tensor sK = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutK{});
     Tensor sVt = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutVt{});
 
@@ -141,20 +186,12 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
     constexpr int kRows = decltype(size<0>(tScS_rc))::value;
     OnlineSoftmax<kRows> softmax;
 
-    const int seqlen_q = seq.seqlen_q;
-    const int seqlen_k = seq.seqlen_k;
     const int row0 = m_block * kBlockM;
-    const bool has_tree = kCausal && seq.has_tree();
-    // The mask values of this thread's query rows, for every partial tile of the CTA (rows past the sequence
-    // are never stored and stay unmasked); the keys' values come with each partial stage.
+    // The mask values of this thread's query rows, for every partial tile of the item; the keys' values come
+    // with each partial stage.
     int row_value[kRows];
     CUTE_UNROLL
-    for (int r = 0; r < kRows; ++r) {
-        const int row = row0 + get<0>(tScS_rc(r, 0));
-        row_value[r] = (has_tree && row < seqlen_q) ? params.tree_start_q[q_offset + row] : kNoTreeStart;
-    }
-
-    wait_full(smem.q_full, 0);
+    for (int r = 0; r < kRows; ++r) row_value[r] = smem.row_value[qb][get<0>(tScS_rc(r, 0))];
 
     // Software pipeline across key blocks: S_j = Q K_j is issued together with O += P_{j-1} V_{j-1}, so the
     // tensor cores run the second GEMM of one block while this warpgroup does the softmax of the next. P_{j-1}
@@ -174,7 +211,7 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
     auto mask_if_partial = [&](TileKind kind, int n_block, int s) {
         if (kind == TileKind::kPartial) {
             const int *key_value = smem.key_value[s];
-            mask_tile_values</*kTransposed=*/false>(scores, tScS_rc, seq.diag + row0 - n_block * kBlockN, row_value,
+            mask_tile_values</*kTransposed=*/false>(scores, tScS_rc, diag + row0 - n_block * kBlockN, row_value,
                                                     [&](int c) { return key_value[get<1>(tScS_rc(0, c))]; });
         }
     };
@@ -186,7 +223,6 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
     };
 
     float factor[kRows];  // the rescale the last softmax owes acc_o, applied before the next PV GEMM
-    StageCursor<Traits::kStages> cur;
     wait_full(smem.k_full[cur.stage], cur.phase);
     int n_block = smem.stage_block[cur.stage];
     if (n_block != kNoBlock) {
@@ -202,9 +238,8 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
             softmax.update_scores(scores, params.softmax_scale_log2, factor);
             convert_p();
         }
-        // `prev` is the stage holding V of the block whose probabilities sit in tOrP; `cur` is the stage of
+        // `v_cur` is the stage holding V of the block whose probabilities sit in tOrP; `cur` is the stage of
         // the next key block, whose k_full has already been waited for when an iteration starts.
-        StageCursor<Traits::kStages> prev = cur;
         cur.advance();
         wait_full(smem.k_full[cur.stage], cur.phase);
         while (true) {
@@ -215,8 +250,8 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
 
             wgmma_issue</*kZeroInit=*/true>(mma_s, tSrQ, tSrK(_, _, _, s), acc_s);
             softmax.rescale(acc_o_rc, factor);
-            wait_full(smem.v_full[prev.stage], prev.phase);
-            wgmma_issue</*kZeroInit=*/false>(mma_o, tOrP, tOrV(_, _, _, prev.stage), acc_o);
+            wait_full(smem.v_full[v_cur.stage], v_cur.phase);
+            wgmma_issue</*kZeroInit=*/false>(mma_o, tOrP, tOrV(_, _, _, v_cur.stage), acc_o);
             // Batches retire in order: one left pending means S_j is done and only the PV GEMM may still run.
             warpgroup_wait<1>();
             warpgroup_fence_operand(acc_s);
@@ -230,8 +265,8 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
             // nothing from this iteration to deliver that K: its stage was released when S_{j-1} retired, and
             // the one V load queued before it (V_{j-1}) reuses the stage of V_{j-3}, released two iterations
             // ago, so this cannot deadlock.
-            const StageCursor<Traits::kStages> v_stage = prev;
-            prev = cur;
+            const int v_stage = v_cur.stage;
+            v_cur.advance();
             cur.advance();
             wait_full(smem.k_full[cur.stage], cur.phase);
 
@@ -240,24 +275,28 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
             // and write acc_o at issue, and would otherwise reuse or read them while the GEMM is in flight.
             warpgroup_fence_operand(tOrP);
             warpgroup_fence_operand(acc_o);
-            release(smem.v_empty[v_stage.stage]);
+            release(smem.v_empty[v_stage]);
             convert_p();
         }
         // Epilogue of the pipeline: the last block's O += P V.
         softmax.rescale(acc_o_rc, factor);
-        wait_full(smem.v_full[prev.stage], prev.phase);
-        wgmma_issue</*kZeroInit=*/false>(mma_o, tOrP, tOrV(_, _, _, prev.stage), acc_o);
+        wait_full(smem.v_full[v_cur.stage], v_cur.phase);
+        wgmma_issue</*kZeroInit=*/false>(mma_o, tOrP, tOrV(_, _, _, v_cur.stage), acc_o);
         warpgroup_wait<0>();
         warpgroup_fence_operand(acc_o);
-        release(smem.v_empty[prev.stage]);
+        release(smem.v_empty[v_cur.stage]);
+        v_cur.advance();
     }
+    // The end marker's stage goes back to the producer (it reads nothing else of it).
+    release(smem.k_empty[cur.stage]);
+    cur.advance();
 
     // ---- epilogue: normalise; O goes through this warpgroup's rows of the Q tile (which its S GEMMs no longer
     // read: all of them have retired) and out as 16-byte row pieces; then the LSE ----
     float lse[kRows];
     softmax.finalize(acc_o_rc, params.softmax_scale, lse);
     Tensor rO = to_type<Element>(acc_o);
-    store_column_pairs(rO, thr_o.partition_C(sQ), smem.q, smem.q);
+    store_column_pairs(rO, thr_o.partition_C(sQ), smem.q[qb], smem.q[qb]);
     const int wg = tid / 128;
     cutlass::arch::NamedBarrier::sync(128, wg);  // this warpgroup's O rows are in shared memory
     const int wg_row0 = row0 + wg * 64;
@@ -265,6 +304,10 @@ __forceinline__ __device__ void consume(const FwdParams &params, const SeqMaskIn
                    int64_t(head) * params.o_head_stride;
     store_tile_16b<128>(local_tile(sQ, Shape<_64, Int<kHeadDim>>{}, make_coord(wg, _0{})), out, params.o_row_stride,
                         seqlen_q - wg_row0, params.shape.head_dim, tid % 128);
+    // This thread is done with the buffer: its O reads and writes come before the producer's next TMA load
+    // into it (async proxy).
+    cutlass::arch::fence_view_async_shared();
+    release(smem.q_empty[qb]);
     // The thread holding column 0 of a row (first lane of each quad) writes that row's LSE.
     if (get<1>(tScS_rc(0, 0)) == 0) {
         float *lse_out = params.softmax_lse + int64_t(head) * params.shape.total_q + q_offset;
@@ -289,20 +332,21 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     extern __shared__ __align__(1024) char smem_raw[];
     Storage &smem = *reinterpret_cast<Storage *>(smem_raw);
 
-    // Heavier query blocks (later rows see more keys) are launched first.
-    const int m_block = gridDim.x - 1 - blockIdx.x;
-    const int batch = blockIdx.y;
-    const int head = blockIdx.z;
-    const int q_offset = params.cu_seqlens_q[batch];
-    const int seqlen_q = params.cu_seqlens_q[batch + 1] - q_offset;
-    if (m_block * Traits::kBlockM >= seqlen_q) return;
-    const int k_offset = params.cu_seqlens_k[batch];
-    const int seqlen_k = params.cu_seqlens_k[batch + 1] - k_offset;
-    const int head_kv = head / (params.shape.num_heads_q / params.shape.num_heads_kv);
-    const SeqMaskInfo seq = make_seq_mask_info(params, kCausal, batch, seqlen_q, seqlen_k);
+    // A CTA runs items blockIdx.x, then (persistent) whichever the item counter hands its producer.
+    const int items = int(fwd_item_count<Traits::kBlockM>(params));  // the launcher checked that it fits
+    auto live = [&](TileCoord it) {  // rows of the query block within its sequence
+        return it.block * Traits::kBlockM < params.cu_seqlens_q[it.batch + 1] - params.cu_seqlens_q[it.batch];
+    };
+    if constexpr (!Traits::kPersistent) {
+        if (!live(fwd_item<Traits::kBlockM>(params, blockIdx.x))) return;
+    }
 
     if (threadIdx.x == 0) {
-        TxBarrier::init(&smem.q_full, 1);
+        CUTE_UNROLL
+        for (int b = 0; b < Traits::kQBuffers; ++b) {
+            TxBarrier::init(&smem.q_full[b], 32);  // every producer lane: they write the item's row values
+            TxBarrier::init(&smem.q_empty[b], Traits::kConsumerThreads);
+        }
         CUTE_UNROLL
         for (int s = 0; s < Traits::kStages; ++s) {
             TxBarrier::init(&smem.k_full[s], 32);  // every producer lane (pipeline.h): they write the key values
@@ -314,14 +358,53 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     }
     __syncthreads();
 
+    // The K and V rings' cursors carry over from item to item (a cursor each: an item's end marker takes a K stage
+    // and no V stage); item k of the CTA uses Q buffer k % kQBuffers.
+    StageCursor<Traits::kStages> k_cur, v_cur;
+    auto q_buffer = [](int k) { return k % Traits::kQBuffers; };
+    auto q_phase = [](int k) { return uint32_t(k / Traits::kQBuffers) & 1u; };
     if (threadIdx.x < 128) {
         cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
         if (threadIdx.x < 32) {
-            produce<Traits>(params, seq, smem, tma_q, tma_k, tma_v, m_block, head, head_kv, q_offset, k_offset);
+            const int group = params.shape.num_heads_q / params.shape.num_heads_kv;
+            int k = 0;
+            for (int item = blockIdx.x; item < items;) {
+                const TileCoord it = fwd_item<Traits::kBlockM>(params, item);
+                int next = 0;
+                if (live(it)) {
+                    const int q_offset = params.cu_seqlens_q[it.batch];
+                    const int seqlen_q = params.cu_seqlens_q[it.batch + 1] - q_offset;
+                    const int k_offset = params.cu_seqlens_k[it.batch];
+                    const int seqlen_k = params.cu_seqlens_k[it.batch + 1] - k_offset;
+                    const SeqMaskInfo seq = make_seq_mask_info(params, kCausal, it.batch, seqlen_q, seqlen_k);
+                    produce<Traits>(params, seq, smem, tma_q, tma_k, tma_v, it.block, it.head, it.head / group,
+                                    q_offset, k_offset, item, q_buffer(k), q_phase(k), k_cur, v_cur, next);
+                    ++k;
+                } else if constexpr (Traits::kPersistent) {
+                    if (threadIdx.x == 0) next = atomicAdd(params.fwd_item_counter, 1);
+                }
+                if constexpr (!Traits::kPersistent) break;
+                item = int(gridDim.x) + __shfl_sync(0xffffffffu, next, 0);
+            }
+            if constexpr (Traits::kPersistent) {
+                // End of the work: item -1 in the next Q buffer, with no bytes.
+                wait_empty(smem.q_empty[q_buffer(k)], q_phase(k));
+                if (threadIdx.x == 0) smem.q_item[q_buffer(k)][0] = -1;
+                TxBarrier::arrive(&smem.q_full[q_buffer(k)]);
+            }
         }
     } else {
         cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
-        consume<Traits, kCausal>(params, seq, smem, m_block, head, q_offset, k_offset);
+        for (int k = 0;; ++k) {
+            const int qb = q_buffer(k);
+            wait_full(smem.q_full[qb], q_phase(k));
+            const int item = smem.q_item[qb][0];
+            if (item < 0) break;
+            const TileCoord it = fwd_item<Traits::kBlockM>(params, item);
+            consume<Traits, kCausal>(params, smem, it.block, it.head, smem.q_item[qb][1], smem.q_item[qb][2],
+                                     smem.q_item[qb][3], qb, k_cur, v_cur);
+            if constexpr (!Traits::kPersistent) break;
+        }
     }
 #endif
 }

@@ -69,11 +69,25 @@ struct FwdTraits {
     using SmemLayoutVt = decltype(composition(
         SmemLayoutV{}, make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{}, Step<_2, _1, _3>{})));
 
+    // A CTA runs several work items (persistent) where shared memory holds two Q tiles, every bucket but head
+    // dim 256: the next item's Q loads into the second while the current item is computed. With one buffer the
+    // next Q could only load after the current item's epilogue, and a CTA per item runs faster (8% at L=16k,
+    // bench_results/RESULTS.md, seventeenth session).
+    static constexpr int kQBuffers =
+        (2 * kBlockM + 2 * kStages * kBlockN) * kHeadDim * int(sizeof(Element)) + 4096 <= 227 * 1024 ? 2 : 1;
+    static constexpr bool kPersistent = kQBuffers > 1;
+
     struct SharedStorage {
-        alignas(1024) Element q[cosize_v<SmemLayoutQ>];
+        alignas(1024) Element q[kQBuffers][cosize_v<SmemLayoutQ>];
         alignas(1024) Element k[cosize_v<SmemLayoutK>];
         alignas(1024) Element v[cosize_v<SmemLayoutV>];
-        alignas(8) uint64_t q_full;
+        alignas(8) uint64_t q_full[kQBuffers];
+        uint64_t q_empty[kQBuffers];  // every consumer thread, once the item's O has left the buffer
+        // The work item whose Q a buffer holds (-1 ends a persistent CTA's work), what the consumers need of its
+        // sequence (query offset, length, causal diagonal) and its rows' mask values, written by the producer
+        // with the Q load so that an item starts without global loads on the consumers' side.
+        int q_item[kQBuffers][4];
+        alignas(16) int row_value[kQBuffers][kBlockM];
         uint64_t k_full[kStages];
         uint64_t k_empty[kStages];
         uint64_t v_full[kStages];

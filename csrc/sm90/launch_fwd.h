@@ -2,11 +2,15 @@
 // the TMA descriptors of Q, K and V (host-only driver call, no device synchronisation) and launches.
 #pragma once
 
+#include <algorithm>
+#include <limits>
+
 #include <cuda_runtime.h>
 
 #include <cute/tensor.hpp>
 
 #include "params.h"
+#include "tile_order.h"
 #include "sm90/fwd_kernel.h"
 
 namespace flash_tree_attn {
@@ -36,8 +40,16 @@ const char *run_sm90_fwd(FwdParams &params, cudaStream_t stream) {
 
     auto kernel = &sm90::fwd_kernel<Traits, kCausal, decltype(tma_q), decltype(tma_k), decltype(tma_v)>;
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes);
-    dim3 grid(m_blocks, sh.batch, sh.num_heads_q);
-    kernel<<<grid, Traits::kNThreads, Traits::kSmemBytes, stream>>>(params, tma_q, tma_k, tma_v);
+    // Persistent (fwd_kernel.h): a CTA per SM, or per item where there are fewer items; otherwise a CTA per item.
+    const int64_t items = fwd_item_count<Traits::kBlockM>(params);
+    if (items > std::numeric_limits<int>::max()) {
+        return "sm90 forward: more than 2^31 - 1 work items (128-row query blocks x sequences x query heads)";
+    }
+    if (Traits::kPersistent && params.fwd_item_counter == nullptr) {
+        return "sm90 forward: the persistent kernel needs a zeroed item counter (FwdParams::fwd_item_counter)";
+    }
+    const int64_t ctas = Traits::kPersistent && params.num_sms > 0 ? std::min<int64_t>(params.num_sms, items) : items;
+    kernel<<<dim3(unsigned(ctas)), Traits::kNThreads, Traits::kSmemBytes, stream>>>(params, tma_q, tma_k, tma_v);
     return nullptr;
 }
 
