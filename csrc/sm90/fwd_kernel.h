@@ -1,7 +1,7 @@
 // sm90 forward kernel, warp-specialized. Its work items are (128-row query block, sequence, query head), in the
-// order of tile_order.h. Where shared memory holds two Q tiles (FwdTraits::kPersistent: every head dim but 256) a
-// CTA runs on each SM and takes items one after the other, the next item's Q and first K loading while the current
-// one is computed; otherwise a CTA runs one item. Warpgroup 0 is the producer: one warp hands each item to the
+// order of tile_order.h. Where FwdTraits::kPersistent (head dims 64, 96, 128) a CTA runs on each SM and takes items
+// one after the other, the next item's Q and first K loading while the current one is computed; otherwise a CTA
+// runs one item. Warpgroup 0 is the producer: one warp hands each item to the
 // consumers with its Q, walks the non-empty key blocks of the query block (the same scan and tile classification
 // as the sm80 path) and streams K and V into a two-stage ring with TMA, telling the consumers which block each
 // stage holds and whether it needs the element mask. Warpgroups 1 and 2 each own 64 query rows: S = Q K^T by wgmma

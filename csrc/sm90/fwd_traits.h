@@ -69,13 +69,13 @@ struct FwdTraits {
     using SmemLayoutVt = decltype(composition(
         SmemLayoutV{}, make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{}, Step<_2, _1, _3>{})));
 
-    // A CTA runs several work items (persistent) where shared memory holds two Q tiles, every bucket but head
-    // dim 256: the next item's Q loads into the second while the current item is computed. With one buffer the
-    // next Q could only load after the current item's epilogue, and a CTA per item runs faster (8% at L=16k,
-    // bench_results/RESULTS.md, seventeenth session).
-    static constexpr int kQBuffers =
-        (2 * kBlockM + 2 * kStages * kBlockN) * kHeadDim * int(sizeof(Element)) + 4096 <= 227 * 1024 ? 2 : 1;
-    static constexpr bool kPersistent = kQBuffers > 1;
+    // A CTA runs several work items (persistent) where the key blocks are 128 wide and shared memory holds a second
+    // Q tile (head dims 64, 96, 128): the next item's Q loads into it while the current item is computed. With
+    // 64-key blocks a CTA per item ran faster: 3.9% at head dim 192 (eighteenth session), 4.6% at 256 (seventeenth
+    // session; bench_results/RESULTS.md).
+    static constexpr bool kPersistent =
+        kBlockN >= 128 && (2 * kBlockM + 2 * kStages * kBlockN) * kHeadDim * int(sizeof(Element)) + 4096 <= 227 * 1024;
+    static constexpr int kQBuffers = kPersistent ? 2 : 1;
 
     struct SharedStorage {
         alignas(1024) Element q[kQBuffers][cosize_v<SmemLayoutQ>];
