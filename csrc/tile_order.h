@@ -34,8 +34,11 @@ struct TileCoord {
     int head;   // key/value head (backward) or query head (forward)
 };
 
-// Number of CTAs for `blocks` key blocks per (sequence, head); the caller checks that it fits in int.
-inline int64_t tile_grid_size(int blocks, int batch, int heads) { return int64_t(blocks) * batch * heads; }
+// Number of tiles (CTAs, or the forward's work items) for `blocks` blocks per (sequence, head); the caller checks
+// that it fits in int.
+__host__ __device__ inline int64_t tile_grid_size(int blocks, int batch, int heads) {
+    return int64_t(blocks) * batch * heads;
+}
 inline bool tile_grid_fits(int blocks, int batch, int heads) { return tile_grid_size(blocks, batch, heads) <= INT32_MAX; }
 
 // The tile of linear block index `index`, for rank blocks of `rank_block` key blocks (1 <= rank_block <= blocks;
@@ -72,7 +75,7 @@ __device__ __forceinline__ TileCoord bwd_tile(const BwdParams &p) {
 // (sequence, head) after the other, the last query block (the heaviest under causality) first.
 template <int kBlockM>
 __host__ __device__ inline int64_t fwd_item_count(const FwdParams &p) {
-    return int64_t(ceil_div(p.shape.max_seqlen_q, kBlockM)) * p.shape.batch * p.shape.num_heads_q;
+    return tile_grid_size(ceil_div(p.shape.max_seqlen_q, kBlockM), p.shape.batch, p.shape.num_heads_q);
 }
 template <int kBlockM>
 __device__ __forceinline__ TileCoord fwd_item(const FwdParams &p, int index) {

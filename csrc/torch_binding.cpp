@@ -206,13 +206,14 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor &q, const at::Tenso
     p.softmax_lse = lse.data_ptr<float>();
     // The persistent sm90 forward's item counter (sm90/fwd_kernel.h), zeroed here for each call: wherever the
     // sm90 path may run.
+    const KernelPath path = to_path(kernel_path);
     at::Tensor item_counter;
-    if (p.device_arch == 90 && to_path(kernel_path) != KernelPath::kSm80) {
+    if (p.device_arch == 90 && path != KernelPath::kSm80) {
         item_counter = at::zeros({1}, q.options().dtype(at::kInt));
         p.fwd_item_counter = item_counter.data_ptr<int>();
     }
     if (q.size(0) > 0) {
-        check_kernel_ran(run_fwd(p, to_path(kernel_path), at::cuda::getCurrentCUDAStream()), p);
+        check_kernel_ran(run_fwd(p, path, at::cuda::getCurrentCUDAStream()), p);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     return {out, lse};
