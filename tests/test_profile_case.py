@@ -23,5 +23,6 @@ def test_head_dim_that_does_not_divide_2048_needs_heads():
 def test_arguments():
     args = pc.parse_args(["ours", "--head-dim", "256"])
     assert (args.impl, args.heads, args.batch, args.length, args.calls) == ("ours", 8, 1, 16384, 3)
+    assert pc.parse_args(["cudnn"]).impl == "cudnn"
     with pytest.raises(SystemExit):
         pc.parse_args(["flex"])

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Dense causal attention, forward and backward, a few times: the process to run under Nsight Compute when a
-kernel of ours is compared with FlashAttention-2's (PyTorch SDPA's flash backend) on the same shape.
+kernel of ours is compared with FlashAttention-2's or cuDNN's (PyTorch SDPA's flash and cuDNN backends) on the
+same shape.
 
     FLASH_TREE_ATTN_PATH=sm80 ncu --clock-control none -k regex:"bwd_kernel|dq_dk_dv" --launch-skip 1 \\
         --launch-count 1 --set full -f -o /tmp/ours python3 tools/profile_case.py ours --head-dim 256
@@ -8,7 +9,8 @@ kernel of ours is compared with FlashAttention-2's (PyTorch SDPA's flash backend
         -f -o /tmp/fa2 python3 tools/profile_case.py fa2 --head-dim 256
     ncu -i /tmp/ours.ncu-rep --page details     # and the same for /tmp/fa2.ncu-rep
 
-The regex takes the backward kernel of either library; `--launch-skip 1` leaves out the first call's. For where
+The regex takes the backward kernel of ours or FlashAttention-2; cuDNN's kernel names vary with its version, so
+profile `cudnn` without `-k` (a few dozen launches, `--launch-count 40`) and pick its backward by duration. `--launch-skip 1` leaves out the first call's. For where
 the warps wait, collect `--section SourceCounters` and rank the export with tools/stall_profile.py. The heads
 default to 2048 / head dim, the benchmark's dense rows. bench_results/RESULTS.md (fourteenth session) compares
 the sm80 backward with FlashAttention-2's this way.
@@ -27,7 +29,8 @@ def default_heads(head_dim: int) -> int:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("impl", choices=["ours", "fa2"], help="flash_tree_attn (path from FLASH_TREE_ATTN_PATH) or SDPA flash")
+    p.add_argument("impl", choices=["ours", "fa2", "cudnn"],
+                   help="flash_tree_attn (path from FLASH_TREE_ATTN_PATH), SDPA flash or SDPA cuDNN")
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--heads", type=int, default=None, help="default: 2048 / head dim")
     p.add_argument("--batch", type=int, default=1)
@@ -58,8 +61,10 @@ def main(argv=None) -> None:
     else:
         q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
 
+        backend = SDPBackend.FLASH_ATTENTION if args.impl == "fa2" else SDPBackend.CUDNN_ATTENTION
+
         def run():
-            with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            with sdpa_kernel([backend]):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
     grad = None

@@ -14,7 +14,7 @@ On the GPU machine (one launch of the kernel, here the second backward of a scri
     python tools/stall_profile.py /tmp/src.csv [--top 40]
 
 The CSV may start with a "Kernel Name" line; the table starts at the "Address" header. CPU only.
-tools/profile_case.py is such a script for dense causal attention, ours or FlashAttention-2's.
+tools/profile_case.py is such a script for dense causal attention: ours, FlashAttention-2's or cuDNN's.
 """
 from __future__ import annotations
 
