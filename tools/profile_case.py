@@ -9,11 +9,12 @@ same shape.
         -f -o /tmp/fa2 python3 tools/profile_case.py fa2 --head-dim 256
     ncu -i /tmp/ours.ncu-rep --page details     # and the same for /tmp/fa2.ncu-rep
 
-The regex takes the backward kernel of ours or FlashAttention-2; cuDNN's kernel names vary with its version, so
-profile `cudnn` without `-k` (a few dozen launches, `--launch-count 40`) and pick its backward by duration. `--launch-skip 1` leaves out the first call's. For where
-the warps wait, collect `--section SourceCounters` and rank the export with tools/stall_profile.py. The heads
-default to 2048 / head dim, the benchmark's dense rows. bench_results/RESULTS.md (fourteenth session) compares
-the sm80 backward with FlashAttention-2's this way.
+The regex takes the backward kernel of ours or FlashAttention-2, and `--launch-skip 1` leaves out the first
+call's. cuDNN's kernel names vary with its version: profile `cudnn` without `-k` (`--launch-count 40` covers two
+calls) and pick its backward by name and duration. For where the warps wait, collect `--section SourceCounters`
+and rank the export with tools/stall_profile.py. The heads default to 2048 / head dim, the benchmark's dense rows.
+bench_results/RESULTS.md compares the sm80 backward with FlashAttention-2's this way (fourteenth session) and the
+sm90 backward with cuDNN's (nineteenth session).
 """
 from __future__ import annotations
 
