@@ -212,10 +212,11 @@ def test_tree_arrays_outside_the_dfs_rule(dtype):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("d", head_dims_to_test())
 def test_varlen_lengths_and_lq_ne_lk(dtype, causal, d):
-    # Lengths 0..2k, not multiples of the block sizes; Lq < Lk, Lq > Lk (rows that see no key when causal).
+    # Lengths 0..2k, not multiples of the block sizes; Lq < Lk, Lq > Lk (rows that see no key when causal); no
+    # query at all for several key blocks (their dK and dV are zeros).
     rng = random.Random()
-    lens_q = [0, 1, rng.randint(2, 63), 64, 129, rng.randint(300, 2048), rng.randint(1, 700)]
-    lens_k = [0, 5, rng.randint(1, 63), 64, rng.randint(100, 400), rng.randint(300, 2048), 1]
+    lens_q = [0, 1, rng.randint(2, 63), 64, 129, rng.randint(300, 2048), rng.randint(1, 700), 0]
+    lens_k = [0, 5, rng.randint(1, 63), 64, rng.randint(100, 400), rng.randint(300, 2048), 1, rng.randint(129, 500)]
     cu_q = torch.tensor([0] + list(torch.tensor(lens_q).cumsum(0)), dtype=torch.int32, device="cuda")
     cu_k = torch.tensor([0] + list(torch.tensor(lens_k).cumsum(0)), dtype=torch.int32, device="cuda")
     q, k, v = make_qkv(sum(lens_q), sum(lens_k), 4, 2, d, dtype)
