@@ -202,8 +202,9 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     Tensor tdKrQ = thr_dkv.partition_fragment_B(sQt);    // dK += dS^T Q
     Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);    // dQ = dS K, (MMA, MMA_M, MMA_K, buffers)
     Tensor tdQrK = thr_dq.partition_fragment_B(sKt);
-    Tensor tdSsdS0 = thr_sdp.partition_C(sdSt)(_, _, _, 0);  // where this thread's dS^T values go, buffer 0
-    Tensor tdQsdQ0 = thr_dq.partition_C(make_tensor(make_smem_ptr(smem.dq[0]), typename Traits::SmemLayoutdQ{}));
+    // The element offsets of the tiles this thread stores to (dS^T's and dQ's buffer 0).
+    Tensor odSt = smem_offsets(typename Traits::SmemLayoutdSt{})(_, _, 0);
+    Tensor odQ = smem_offsets(typename Traits::SmemLayoutdQ{});
 
     Tensor acc_dk = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
     Tensor acc_dv = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
@@ -240,7 +241,7 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     auto hand_over_dq = [&](int buf) {
         if constexpr (kHandOverUnderScores) warpgroup_wait<1>();
         cutlass::arch::NamedBarrier::sync(kDqHandshake, kDqEmpty + buf);
-        store_column_pairs(acc_dq, tdQsdQ0, smem.dq[0], smem.dq[buf]);
+        store_column_pairs_xor(acc_dq, mma_dq, tid, odQ, smem.dq[buf]);
         cutlass::arch::fence_view_async_shared();  // visible to TMA (async proxy)
         cutlass::arch::NamedBarrier::arrive(kDqHandshake, kDqFull + buf);
     };
@@ -293,7 +294,7 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
         // of each other, so the buffer written now is no longer read), visible to wgmma's async proxy.
         const int buf = step & 1;
         // S^T's column pairs: neighbouring queries of a key.
-        store_column_pairs(rdS, tdSsdS0, smem.ds, smem.ds + buf * (kBlockM * kBlockN));
+        store_column_pairs_xor(rdS, mma_sdp, tid, odSt, smem.ds + buf * (kBlockM * kBlockN));
         cutlass::arch::fence_view_async_shared();
         cutlass::arch::NamedBarrier::sync(Traits::kConsumerThreads, kDsReady);
 

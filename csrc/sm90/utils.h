@@ -81,6 +81,38 @@ __forceinline__ __device__ void store_column_pairs(Frag const &frag, Partition c
     }
 }
 
+// The element offsets of a swizzled shared-memory layout as a tensor (its value at a coordinate is the offset
+// from the tile's start): the kernels' tiles start on whole swizzle periods (alignas(1024)), where the swizzle
+// of the address and that of the offset agree. Partitioned and sliced like the tile itself.
+template <class SmemLayout>
+CUTE_HOST_DEVICE auto smem_offsets(SmemLayout const &layout) {
+    return make_tensor(counting_iterator<int>(0), as_position_independent_swizzle_layout(layout));
+}
+
+// store_column_pairs for the stores of the backward's step loop, with fewer integer instructions: an element's
+// offset is swizzle(t + e), t from the thread and e from the element's index in the fragment, and the swizzles
+// are XOR maps, so where t and e share no bit swizzle(t + e) = swizzle(t) ^ swizzle(e), the thread's first
+// offset (computed once) XOR thread 0's offset of the element (a constant). That holds for the tiles stored
+// this way in every configuration (tools/check_smem_offsets.cu checks each thread and element), not for every
+// tile (the backward's dK and dV at head dim 192 break it). Computed whole per element, the swizzle took four
+// integer instructions per store, a fifth of the backward's step loop (bench_results/RESULTS.md, twenty-first
+// session). `offsets` are the tile's smem_offsets (buffer 0's for a buffered tile), `base` the buffer written.
+template <class Frag, class TiledMma, class Offsets, typename T>
+__forceinline__ __device__ void store_column_pairs_xor(Frag const &frag, TiledMma const &mma, int thread,
+                                                       Offsets const &offsets, T *base) {
+    using Pair = cutlass::AlignedArray<T, 2>;
+    const int thread_offset = mma.get_thread_slice(thread).partition_C(offsets)(0);
+    Tensor first = mma.get_thread_slice(0).partition_C(offsets);
+    static_assert(decltype(size(first))::value == decltype(size(frag))::value);
+    CUTE_UNROLL
+    for (int i = 0; i < size(frag); i += 2) {  // (i, i+1): neighbouring columns of one row
+        Pair pair;
+        pair[0] = T(frag(i));
+        pair[1] = T(frag(i + 1));
+        *reinterpret_cast<Pair *>(base + (thread_offset ^ first(i))) = pair;
+    }
+}
+
 // Epilogue of an output tile that sits in shared memory (kRows x kCols, K-major; the swizzles of the kernels
 // move whole 16-byte pieces): kThreads threads copy it to global memory 16 bytes per access, consecutive
 // threads taking consecutive pieces of a row, so every row is written as whole 32-byte sectors. Rows from
