@@ -97,6 +97,8 @@ CUTE_HOST_DEVICE auto smem_offsets(SmemLayout const &layout) {
 // tile (the backward's dK and dV at head dim 192 break it). Computed whole per element, the swizzle took four
 // integer instructions per store, a fifth of the backward's step loop (bench_results/RESULTS.md, twenty-first
 // session). `offsets` are the tile's smem_offsets (buffer 0's for a buffered tile), `base` the buffer written.
+// The other stores keep store_column_pairs above: whole offsets through smem_offsets made ptxas spill in the
+// forward and in the head-dim-256 backward, where the pointer form spills nothing.
 template <class Frag, class TiledMma, class Offsets, typename T>
 __forceinline__ __device__ void store_column_pairs_xor(Frag const &frag, TiledMma const &mma, int thread,
                                                        Offsets const &offsets, T *base) {
