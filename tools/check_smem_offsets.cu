@@ -1,7 +1,8 @@
 // Checks, on the host, the premise of store_column_pairs_xor (csrc/sm90/utils.h): for every configuration of
 // the sm90 backward, every consumer thread and every element of the fragments stored that way (dS^T and dQ,
 // head dims up to 128), the element's offset in the swizzled shared-memory tile equals the thread's first
-// offset XOR thread 0's offset of the element. The other stores of the sm90 kernels (the forward's O; the
+// offset XOR thread 0's offset of the element, and equals it with the constant's bits outside
+// thread_offset_bits (which no thread's first offset has) added instead of XORed. The other stores of the sm90 kernels (the forward's O; the
 // backward's dK and dV, and P^T and dS^T where its warpgroups split the head dim) take whole offsets and are
 // printed for information only: dK and dV at head dim 192 break the premise. Build and run on any machine with
 // nvcc (no GPU needed):
@@ -25,10 +26,14 @@ static int failures = 0;
 template <class TiledMma, class Offsets>
 void check(const char *site, bool required, int threads, TiledMma const &mma, Offsets const &offsets) {
     Tensor first = mma.get_thread_slice(0).partition_C(offsets);
+    constexpr int kThreadBits = thread_offset_bits<TiledMma, Offsets>();
     int bad = 0, elements = 0;
     for (int t = 0; t < threads; ++t) {
         Tensor mine = mma.get_thread_slice(t).partition_C(offsets);
-        for (int i = 0; i < size(mine); ++i, ++elements) bad += mine(i) != (mine(0) ^ first(i));
+        for (int i = 0; i < size(mine); ++i, ++elements) {
+            const int e = first(i);
+            bad += mine(i) != (mine(0) ^ e) || mine(i) != ((mine(0) ^ (e & kThreadBits)) + (e & ~kThreadBits));
+        }
     }
     std::printf("%-40s %6d elements, %5d break the premise%s\n", site, elements, bad,
                 required ? "" : " (whole offsets, for information)");

@@ -205,6 +205,9 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     // The element offsets of the tiles this thread stores to (dS^T's and dQ's buffer 0).
     Tensor odSt = smem_offsets(typename Traits::SmemLayoutdSt{})(_, _, 0);
     Tensor odQ = smem_offsets(typename Traits::SmemLayoutdQ{});
+    const int dst_first = first_offset(mma_sdp, tid, odSt);
+    const int dq_first = first_offset(mma_dq, tid, odQ);
+    constexpr size_t kDsBufferBytes = kBlockM * kBlockN * sizeof(Element);
 
     Tensor acc_dk = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
     Tensor acc_dv = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
@@ -241,7 +244,7 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     auto hand_over_dq = [&](int buf) {
         if constexpr (kHandOverUnderScores) warpgroup_wait<1>();
         cutlass::arch::NamedBarrier::sync(kDqHandshake, kDqEmpty + buf);
-        store_column_pairs_xor(acc_dq, mma_dq, tid, odQ, smem.dq[buf]);
+        store_column_pairs_xor(acc_dq, mma_dq, dq_first, odQ, smem.dq[buf]);
         cutlass::arch::fence_view_async_shared();  // visible to TMA (async proxy)
         cutlass::arch::NamedBarrier::arrive(kDqHandshake, kDqFull + buf);
     };
@@ -287,14 +290,18 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
         Tensor rdS = to_type<Element>(acc_dp);
         wgmma_issue</*kZeroInit=*/false>(mma_dkv, make_tensor(rP.data(), acc_as_a_operand_layout(rP.layout())),
                                          tdVrdO(_, _, _, s), acc_dv);
+        // dS^T to shared memory (alternate buffers: the barrier below keeps the warpgroups within one step
+        // of each other, so the buffer written now is no longer read), visible to wgmma's async proxy; stored
+        // before dK's wgmma reads the same registers, which ptxas would otherwise copy for the stores, while dV's
+        // wgmma keeps the tensor cores busy. The buffer's start is an unsigned byte offset: as smem.ds + buf *
+        // elements (or a signed byte offset) the compiler added it to each column group's offset, two
+        // instructions more per group (bench_results/RESULTS.md, twenty-second session).
+        const int buf = step & 1;
+        Element *ds_buf = reinterpret_cast<Element *>(reinterpret_cast<char *>(smem.ds) + buf * kDsBufferBytes);
+        // S^T's column pairs: neighbouring queries of a key.
+        store_column_pairs_xor(rdS, mma_sdp, dst_first, odSt, ds_buf);
         wgmma_issue</*kZeroInit=*/false>(mma_dkv, make_tensor(rdS.data(), acc_as_a_operand_layout(rdS.layout())),
                                          tdKrQ(_, _, _, s), acc_dk);
-
-        // dS^T to shared memory (alternate buffers: the barrier below keeps the warpgroups within one step
-        // of each other, so the buffer written now is no longer read), visible to wgmma's async proxy.
-        const int buf = step & 1;
-        // S^T's column pairs: neighbouring queries of a key.
-        store_column_pairs_xor(rdS, mma_sdp, tid, odSt, smem.ds + buf * (kBlockM * kBlockN));
         cutlass::arch::fence_view_async_shared();
         cutlass::arch::NamedBarrier::sync(Traits::kConsumerThreads, kDsReady);
 

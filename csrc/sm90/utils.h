@@ -89,21 +89,41 @@ CUTE_HOST_DEVICE auto smem_offsets(SmemLayout const &layout) {
     return make_tensor(counting_iterator<int>(0), as_position_independent_swizzle_layout(layout));
 }
 
+// The bits any consumer thread's first offset into a tile may have: the OR of the offsets of the threads whose
+// index is a power of two, which covers every thread where the thread's part of an offset is XOR-linear in its
+// index (power-of-two modes with disjoint strides, then a swizzle; tools/check_smem_offsets.cu checks it for
+// every thread). A compile-time constant.
+template <class TiledMma, class Offsets>
+constexpr int thread_offset_bits() {
+    int bits = 0;
+    for (int t = 1; t < int(size(TiledMma{})); t *= 2) bits |= TiledMma{}.get_thread_slice(t).partition_C(Offsets{})(0);
+    return bits;
+}
+
 // store_column_pairs for the stores of the backward's step loop, with fewer integer instructions: an element's
 // offset is swizzle(t + e), t from the thread and e from the element's index in the fragment, and the swizzles
 // are XOR maps, so where t and e share no bit swizzle(t + e) = swizzle(t) ^ swizzle(e), the thread's first
-// offset (computed once) XOR thread 0's offset of the element (a constant). That holds for the tiles stored
-// this way in every configuration (tools/check_smem_offsets.cu checks each thread and element), not for every
-// tile (the backward's dK and dV at head dim 192 break it). Computed whole per element, the swizzle took four
-// integer instructions per store, a fifth of the backward's step loop (bench_results/RESULTS.md, twenty-first
-// session). `offsets` are the tile's smem_offsets (buffer 0's for a buffered tile), `base` the buffer written.
-// The other stores keep store_column_pairs above: whole offsets through smem_offsets made ptxas spill in the
-// forward and in the head-dim-256 backward, where the pointer form spills nothing.
+// offset XOR thread 0's offset of the element (a constant). The constant's bits that no thread's offset has
+// (the row 8 below, the next 64-column panel) are added instead, so the compiler folds them into the store's
+// immediate and only the few distinct XORs (the column groups a swizzle row permutes) take a register. That
+// holds for the tiles stored this way in every configuration (tools/check_smem_offsets.cu checks each thread
+// and element), not for every tile (the backward's dK and dV at head dim 192 break it). Computed whole per
+// element, the swizzle took four integer instructions per store, a fifth of the backward's step loop
+// (bench_results/RESULTS.md, twenty-first session). `offsets` are the tile's smem_offsets (buffer 0's for a
+// buffered tile), `thread_offset` the thread's first offset (first_offset below, computed once outside the
+// loop), `base` the buffer written. The other stores keep store_column_pairs above: whole offsets through
+// smem_offsets made ptxas spill in the forward and in the head-dim-256 backward, where the pointer form spills
+// nothing.
+template <class TiledMma, class Offsets>
+__forceinline__ __device__ int first_offset(TiledMma const &mma, int thread, Offsets const &offsets) {
+    return mma.get_thread_slice(thread).partition_C(offsets)(0);
+}
+
 template <class Frag, class TiledMma, class Offsets, typename T>
-__forceinline__ __device__ void store_column_pairs_xor(Frag const &frag, TiledMma const &mma, int thread,
+__forceinline__ __device__ void store_column_pairs_xor(Frag const &frag, TiledMma const &mma, int thread_offset,
                                                        Offsets const &offsets, T *base) {
     using Pair = cutlass::AlignedArray<T, 2>;
-    const int thread_offset = mma.get_thread_slice(thread).partition_C(offsets)(0);
+    constexpr int kThreadBits = thread_offset_bits<TiledMma, Offsets>();
     Tensor first = mma.get_thread_slice(0).partition_C(offsets);
     static_assert(decltype(size(first))::value == decltype(size(frag))::value);
     CUTE_UNROLL
@@ -111,7 +131,8 @@ __forceinline__ __device__ void store_column_pairs_xor(Frag const &frag, TiledMm
         Pair pair;
         pair[0] = T(frag(i));
         pair[1] = T(frag(i + 1));
-        *reinterpret_cast<Pair *>(base + (thread_offset ^ first(i))) = pair;
+        const int e = first(i);
+        *reinterpret_cast<Pair *>(base + ((thread_offset ^ (e & kThreadBits)) + (e & ~kThreadBits))) = pair;
     }
 }
 
