@@ -2,10 +2,10 @@
 // the sm90 backward, every consumer thread and every element of the fragments stored that way (dS^T and dQ,
 // head dims up to 128), the element's offset in the swizzled shared-memory tile equals the thread's first
 // offset XOR thread 0's offset of the element, and equals it with the constant's bits outside
-// thread_offset_bits (which no thread's first offset has) added instead of XORed. The other stores of the sm90 kernels (the forward's O; the
-// backward's dK and dV, and P^T and dS^T where its warpgroups split the head dim) take whole offsets and are
-// printed for information only: dK and dV at head dim 192 break the premise. Build and run on any machine with
-// nvcc (no GPU needed):
+// thread_offset_bits (which no thread's first offset has) added instead of XORed. The other stores of the sm90
+// kernels (the forward's O; the backward's dK and dV, and P^T and dS^T where its warpgroups split the head dim)
+// take whole offsets and are printed for information only: dK and dV at head dim 192 break the premise. Build
+// and run on any machine with nvcc (no GPU needed):
 //   nvcc -std=c++17 --expt-relaxed-constexpr -I csrc -I $CUTLASS_INCLUDE -o /tmp/check_smem_offsets \
 //       tools/check_smem_offsets.cu && /tmp/check_smem_offsets
 // ($CUTLASS_INCLUDE: the nvidia-cutlass package's cutlass_library/source/include.) Prints one line per store
