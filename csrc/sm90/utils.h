@@ -104,11 +104,11 @@ constexpr int thread_offset_bits() {
 // offset is swizzle(t + e), t from the thread and e from the element's index in the fragment, and the swizzles
 // are XOR maps, so where t and e share no bit swizzle(t + e) = swizzle(t) ^ swizzle(e), the thread's first
 // offset XOR thread 0's offset of the element (a constant). The constant's bits that no thread's offset has
-// (the row 8 below, the next 64-column panel) are added instead, so the compiler folds them into the store's
-// immediate and only the few distinct XORs (the column groups a swizzle row permutes) take a register. That
-// holds for the tiles stored this way in every configuration (tools/check_smem_offsets.cu checks each thread
-// and element), not for every tile (the backward's dK and dV at head dim 192 break it). Computed whole per
-// element, the swizzle took four integer instructions per store, a fifth of the backward's step loop
+// (the row 8 below, the next panel of swizzle-row width) are added instead, so the compiler folds them into the
+// store's immediate and only the few distinct XORs (the column groups a swizzle row permutes) take a register.
+// That holds for the tiles stored this way in every configuration (tools/check_smem_offsets.cu checks each
+// thread and element), not for every tile (the backward's dK and dV at head dim 192 break it). Computed whole
+// per element, the swizzle took four integer instructions per store, a fifth of the backward's step loop
 // (bench_results/RESULTS.md, twenty-first session). `offsets` are the tile's smem_offsets (buffer 0's for a
 // buffered tile), `thread_offset` the thread's first offset (first_offset below, computed once outside the
 // loop), `base` the buffer written. The other stores keep store_column_pairs above: whole offsets through
