@@ -100,6 +100,13 @@ constexpr int thread_offset_bits() {
     return bits;
 }
 
+// A thread's first offset into a tile (its fragment's element 0), given to store_column_pairs_xor: computed once
+// outside the loop that stores.
+template <class TiledMma, class Offsets>
+__forceinline__ __device__ int first_offset(TiledMma const &mma, int thread, Offsets const &offsets) {
+    return mma.get_thread_slice(thread).partition_C(offsets)(0);
+}
+
 // store_column_pairs for the stores of the backward's step loop, with fewer integer instructions: an element's
 // offset is swizzle(t + e), t from the thread and e from the element's index in the fragment, and the swizzles
 // are XOR maps, so where t and e share no bit swizzle(t + e) = swizzle(t) ^ swizzle(e), the thread's first
@@ -110,15 +117,10 @@ constexpr int thread_offset_bits() {
 // thread and element), not for every tile (the backward's dK and dV at head dim 192 break it). Computed whole
 // per element, the swizzle took four integer instructions per store, a fifth of the backward's step loop
 // (bench_results/RESULTS.md, twenty-first session). `offsets` are the tile's smem_offsets (buffer 0's for a
-// buffered tile), `thread_offset` the thread's first offset (first_offset below, computed once outside the
+// buffered tile), `thread_offset` the thread's first offset (first_offset above, computed once outside the
 // loop), `base` the buffer written. The other stores keep store_column_pairs above: whole offsets through
 // smem_offsets made ptxas spill in the forward and in the head-dim-256 backward, where the pointer form spills
 // nothing.
-template <class TiledMma, class Offsets>
-__forceinline__ __device__ int first_offset(TiledMma const &mma, int thread, Offsets const &offsets) {
-    return mma.get_thread_slice(thread).partition_C(offsets)(0);
-}
-
 template <class Frag, class TiledMma, class Offsets, typename T>
 __forceinline__ __device__ void store_column_pairs_xor(Frag const &frag, TiledMma const &mma, int thread_offset,
                                                        Offsets const &offsets, T *base) {
