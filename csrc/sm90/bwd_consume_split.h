@@ -79,18 +79,22 @@ __forceinline__ __device__ void consume_bwd_split(const BwdParams &params, const
     typename Traits::TiledMmadQ mma_dq;
     auto thr_sdp = mma_sdp.get_thread_slice(tid);
     auto thr_dkv = mma_dkv.get_thread_slice(tid);
-    auto thr_dq = mma_dq.get_thread_slice(tid);
+    // Accumulators are partitioned per thread, shared-memory operands per warpgroup (warpgroup_first_thread).
+    const int wg_thread = warpgroup_first_thread(tid);
+    auto wg_sdp = mma_sdp.get_thread_slice(wg_thread);
+    auto wg_dkv = mma_dkv.get_thread_slice(wg_thread);
+    auto wg_dq = mma_dq.get_thread_slice(wg_thread);
 
-    Tensor tSrK = thr_sdp.partition_fragment_A(sK);      // S^T = K Q^T, this warpgroup's 32 queries
-    Tensor tSrQ = thr_sdp.partition_fragment_B(sQ);      // (MMA, MMA_N, MMA_K, stages)
-    Tensor tdPrV = thr_sdp.partition_fragment_A(sV);     // dP^T = V dO^T
-    Tensor tdPrdO = thr_sdp.partition_fragment_B(sdO);
-    Tensor tdVrPt = thr_dkv.partition_fragment_A(sPt);   // dV += P^T dO, this warpgroup's half of the head dim
-    Tensor tdVrdO = thr_dkv.partition_fragment_B(sdOt);
-    Tensor tdKrdSt = thr_dkv.partition_fragment_A(sdSt);  // dK += dS^T Q
-    Tensor tdKrQ = thr_dkv.partition_fragment_B(sQt);
-    Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);    // dQ = dS K
-    Tensor tdQrK = thr_dq.partition_fragment_B(sKt);
+    Tensor tSrK = wg_sdp.partition_fragment_A(sK);       // S^T = K Q^T, this warpgroup's 32 queries
+    Tensor tSrQ = wg_sdp.partition_fragment_B(sQ);       // (MMA, MMA_N, MMA_K, stages)
+    Tensor tdPrV = wg_sdp.partition_fragment_A(sV);      // dP^T = V dO^T
+    Tensor tdPrdO = wg_sdp.partition_fragment_B(sdO);
+    Tensor tdVrPt = wg_dkv.partition_fragment_A(sPt);    // dV += P^T dO, this warpgroup's half of the head dim
+    Tensor tdVrdO = wg_dkv.partition_fragment_B(sdOt);
+    Tensor tdKrdSt = wg_dkv.partition_fragment_A(sdSt);  // dK += dS^T Q
+    Tensor tdKrQ = wg_dkv.partition_fragment_B(sQt);
+    Tensor tdQrdS = wg_dq.partition_fragment_A(sdS);     // dQ = dS K
+    Tensor tdQrK = wg_dq.partition_fragment_B(sKt);
     // Where this thread's P^T and dS^T values go (the same offsets in both arrays).
     Tensor tPsPt = thr_sdp.partition_C(sPt);
 

@@ -192,16 +192,20 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     typename Traits::TiledMmadQ mma_dq;
     auto thr_sdp = mma_sdp.get_thread_slice(tid);
     auto thr_dkv = mma_dkv.get_thread_slice(tid);
-    auto thr_dq = mma_dq.get_thread_slice(tid);
+    // Accumulators are partitioned per thread, shared-memory operands per warpgroup (warpgroup_first_thread).
+    const int wg_thread = warpgroup_first_thread(tid);
+    auto wg_sdp = mma_sdp.get_thread_slice(wg_thread);
+    auto wg_dkv = mma_dkv.get_thread_slice(wg_thread);
+    auto wg_dq = mma_dq.get_thread_slice(wg_thread);
 
-    Tensor tSrK = thr_sdp.partition_fragment_A(sK);     // S^T = K Q^T
-    Tensor tSrQ = thr_sdp.partition_fragment_B(sQ);     // (MMA, MMA_N, MMA_K, stages)
-    Tensor tdPrV = thr_sdp.partition_fragment_A(sV);    // dP^T = V dO^T
-    Tensor tdPrdO = thr_sdp.partition_fragment_B(sdO);
-    Tensor tdVrdO = thr_dkv.partition_fragment_B(sdOt);  // dV += P^T dO
-    Tensor tdKrQ = thr_dkv.partition_fragment_B(sQt);    // dK += dS^T Q
-    Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);    // dQ = dS K, (MMA, MMA_M, MMA_K, buffers)
-    Tensor tdQrK = thr_dq.partition_fragment_B(sKt);
+    Tensor tSrK = wg_sdp.partition_fragment_A(sK);      // S^T = K Q^T
+    Tensor tSrQ = wg_sdp.partition_fragment_B(sQ);      // (MMA, MMA_N, MMA_K, stages)
+    Tensor tdPrV = wg_sdp.partition_fragment_A(sV);     // dP^T = V dO^T
+    Tensor tdPrdO = wg_sdp.partition_fragment_B(sdO);
+    Tensor tdVrdO = wg_dkv.partition_fragment_B(sdOt);  // dV += P^T dO
+    Tensor tdKrQ = wg_dkv.partition_fragment_B(sQt);    // dK += dS^T Q
+    Tensor tdQrdS = wg_dq.partition_fragment_A(sdS);    // dQ = dS K, (MMA, MMA_M, MMA_K, buffers)
+    Tensor tdQrK = wg_dq.partition_fragment_B(sKt);
     // The element offsets of the tiles this thread stores to (dS^T's and dQ's buffer 0).
     Tensor odSt = smem_offsets(typename Traits::SmemLayoutdSt{})(_, _, 0);
     Tensor odQ = smem_offsets(typename Traits::SmemLayoutdQ{});

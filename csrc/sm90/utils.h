@@ -34,6 +34,16 @@ __forceinline__ __device__ void wgmma_issue(TiledMma &tiled_mma, FragA const &tC
     if constexpr (kRegA) warpgroup_fence_operand(const_cast<FragA &>(tCrA));
 }
 
+// The index of the first thread of `thread`'s warpgroup, for partitioning shared-memory operands into wgmma
+// descriptors: those are the same for all 128 threads of a warpgroup, but partitioned with the thread's own index
+// they are computed from its low bits (which the descriptors drop) in every thread. Read from lane 0 so the
+// compiler sees one value per warp. The backward's step loop got 5-12% shorter (head dim 128: 618 -> 571
+// instructions) and ran up to 2.2% faster; the forward, built the same way, ran up to 5% slower (D=256) and keeps
+// per-thread partitions (bench_results/RESULTS.md, twenty-third session).
+__forceinline__ __device__ int warpgroup_first_thread(int thread) {
+    return __shfl_sync(0xffffffffu, thread & ~127, 0);
+}
+
 // The wgmma accumulator of an m64nN atom is ((2 cols, 2 rows, N/8 column groups), MMA_M, MMA_N): like
 // mma.sync, each thread holds a column pair in two rows 8 apart, repeated every 8 columns. As (rows, cols) =
 // ((2, MMA_M), (2, N/8, MMA_N)) it can be reduced row by row.
