@@ -171,7 +171,10 @@ def cuda_extension():
         name="flash_tree_attn._C",
         sources=sources,
         include_dirs=include_dirs,
-        extra_compile_args={"cxx": ["-O3", f"-std={torch_cxx_std(torch.__version__)}", "-DPy_LIMITED_API=0x030A0000"],
+        # -g0: Python's own build flags ask for host debug info, which the torch headers of the binding (its C++
+        # autograd function) made ~8 MB of the library.
+        extra_compile_args={"cxx": ["-O3", "-g0", f"-std={torch_cxx_std(torch.__version__)}",
+                                    "-DPy_LIMITED_API=0x030A0000"],
                             "nvcc": nvcc_flags},
         py_limited_api=True,
     )

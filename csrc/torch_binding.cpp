@@ -1,8 +1,11 @@
 // The only file that knows torch: checks tensors, allocates outputs and scratch, fills the plain parameter
-// structs and registers the CUDA implementations of the ops whose schema flash_tree_attn/_ops.py defines.
+// structs and registers the CUDA implementations of the ops whose schema flash_tree_attn/_ops.py defines, and the
+// autograd of the forward op.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -290,11 +293,104 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
     return {dq, dk, dv};
 }
 
+// The ops as the dispatcher calls them, for the autograd kernel below: it passes them on to the CUDA kernels above
+// or, for meta and fake tensors (shape inference, torch.compile), to the fake implementations of _ops.py.
+using FwdOp = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &,
+    const std::optional<at::Tensor> &, const std::optional<at::Tensor> &, c10::SymInt, c10::SymInt, double, bool,
+    int64_t, int64_t, double, bool, int64_t);
+using BwdOp = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor &, const std::optional<at::Tensor> &, const at::Tensor &, const at::Tensor &, const at::Tensor &,
+    const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &, const std::optional<at::Tensor> &,
+    const std::optional<at::Tensor> &, c10::SymInt, c10::SymInt, double, bool, int64_t, int64_t, double, bool, int64_t);
+
+const c10::TypedOperatorHandle<FwdOp> &fwd_op() {
+    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("flash_tree_attn::fwd", "").typed<FwdOp>();
+    return op;
+}
+const c10::TypedOperatorHandle<BwdOp> &bwd_op() {
+    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("flash_tree_attn::bwd", "").typed<BwdOp>();
+    return op;
+}
+
+std::optional<at::Tensor> optional_tensor(const at::Tensor &t) {
+    return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+// The gradient of fwd is bwd. Written here in C++ because the same formula registered from Python
+// (torch.library.register_autograd) added 0.1-0.3 ms of host time to each forward: every call went through Python,
+// where torch rebuilt the schema's argument list once per argument to fill in defaults (bench_results/RESULTS.md,
+// 2026-12-02). _ops.py registers the Python form only where this extension is not loaded (fake tensors on
+// machines without it). Like that form, it does not support torch.func transforms.
+class FwdFunction : public torch::autograd::Function<FwdFunction> {
+   public:
+    static torch::autograd::variable_list forward(
+        torch::autograd::AutogradContext *ctx, const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
+        const at::Tensor &cu_q, const at::Tensor &cu_k, const std::optional<at::Tensor> &start_q,
+        const std::optional<at::Tensor> &end_k, c10::SymInt max_seqlen_q, c10::SymInt max_seqlen_k,
+        double softmax_scale, bool causal, int64_t window_left, int64_t window_right, double softcap,
+        bool deterministic, int64_t kernel_path) {
+        at::AutoDispatchBelowADInplaceOrView below_autograd;
+        auto [out, lse] = fwd_op().call(q, k, v, cu_q, cu_k, start_q, end_k, max_seqlen_q, max_seqlen_k, softmax_scale,
+                                        causal, window_left, window_right, softcap, deterministic, kernel_path);
+        ctx->save_for_backward({q, k, v, out, lse, cu_q, cu_k, start_q.value_or(at::Tensor()),
+                                end_k.value_or(at::Tensor())});
+        ctx->saved_data["max_seqlen_q"] = std::move(max_seqlen_q);
+        ctx->saved_data["max_seqlen_k"] = std::move(max_seqlen_k);
+        ctx->saved_data["softmax_scale"] = softmax_scale;
+        ctx->saved_data["causal"] = causal;
+        ctx->saved_data["window_left"] = window_left;
+        ctx->saved_data["window_right"] = window_right;
+        ctx->saved_data["softcap"] = softcap;
+        ctx->saved_data["deterministic"] = deterministic;
+        ctx->saved_data["kernel_path"] = kernel_path;
+        ctx->set_materialize_grads(false);
+        return {out, lse};
+    }
+
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
+                                                   torch::autograd::variable_list grads) {
+        const auto saved = ctx->get_saved_variables();
+        const at::Tensor &out = saved[3];
+        // No gradient for out (only the LSE is used): its gradient is zero. The kernels need 16-byte aligned rows;
+        // contiguous() is a no-op for the usual contiguous gradient.
+        const at::Tensor dout = grads[0].defined() ? grads[0].contiguous() : at::zeros_like(out);
+        const auto &d = ctx->saved_data;
+        auto [dq, dk, dv] = bwd_op().call(
+            dout, optional_tensor(grads[1]), saved[0], saved[1], saved[2], out, saved[4], saved[5], saved[6],
+            optional_tensor(saved[7]), optional_tensor(saved[8]), d.at("max_seqlen_q").toSymInt(),
+            d.at("max_seqlen_k").toSymInt(), d.at("softmax_scale").toDouble(), d.at("causal").toBool(),
+            d.at("window_left").toInt(), d.at("window_right").toInt(), d.at("softcap").toDouble(),
+            d.at("deterministic").toBool(), d.at("kernel_path").toInt());
+        // One gradient per forward argument: q, k, v, then none for the 13 others.
+        torch::autograd::variable_list grad_inputs(16);
+        grad_inputs[0] = dq;
+        grad_inputs[1] = dk;
+        grad_inputs[2] = dv;
+        return grad_inputs;
+    }
+};
+
+std::tuple<at::Tensor, at::Tensor> fwd_autograd(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
+                                                const at::Tensor &cu_q, const at::Tensor &cu_k,
+                                                const std::optional<at::Tensor> &start_q,
+                                                const std::optional<at::Tensor> &end_k, c10::SymInt max_seqlen_q,
+                                                c10::SymInt max_seqlen_k, double softmax_scale, bool causal,
+                                                int64_t window_left, int64_t window_right, double softcap,
+                                                bool deterministic, int64_t kernel_path) {
+    auto outs = FwdFunction::apply(q, k, v, cu_q, cu_k, start_q, end_k, std::move(max_seqlen_q),
+                                   std::move(max_seqlen_k), softmax_scale, causal, window_left, window_right, softcap,
+                                   deterministic, kernel_path);
+    return {outs[0], outs[1]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(flash_tree_attn, CUDA, m) {
     m.impl("fwd", &fwd_cuda);
     m.impl("bwd", &bwd_cuda);
 }
+
+TORCH_LIBRARY_IMPL(flash_tree_attn, Autograd, m) { m.impl("fwd", &fwd_autograd); }
 
 }  // namespace flash_tree_attn

@@ -372,6 +372,33 @@ def test_lse_gradient_flows():
     assert_close_conv("dq", dq, dq_r, dq_p)
 
 
+def test_gradient_through_the_lse_alone():
+    # With out unused its gradient never exists; the autograd function backs through the LSE with a zero dout.
+    n, d = 300, compiled_head_dims()[0]
+    cu = torch.tensor([0, n], dtype=torch.int32, device="cuda")
+    q, k, v = make_qkv(n, n, 2, 2, d, DTYPES[0])
+    _, lse, _ = fta.flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=True, return_attn_probs=True)
+    dq, dk, dv = torch.autograd.grad(lse.sum(), (q, k, v))
+    _, lse_r = attention_ref(q, k, v, cu, cu, causal=True, return_lse=True)
+    dq_r, dk_r = torch.autograd.grad(lse_r.sum(), (q, k))
+    _, lse_p = attention_ref(q, k, v, cu, cu, causal=True, return_lse=True, upcast=False)
+    dq_p, dk_p = torch.autograd.grad(lse_p.sum(), (q, k))
+    assert_close_conv("dq", dq, dq_r, dq_p)
+    assert_close_conv("dk", dk, dk_r, dk_p)
+    assert torch.equal(dv, torch.zeros_like(dv))
+
+
+def test_opcheck():
+    # torch.library.opcheck on real inputs: the schema, the autograd kernel of csrc/torch_binding.cpp, the fake
+    # implementation of _ops.py and AOT dispatch (static and dynamic shapes) agree with the CUDA kernels.
+    lay = layout_from_segments([[(-1, 70), (0, 50), (0, 61), (1, 19)]], device="cuda")
+    n, d = lay.total_tokens, compiled_head_dims()[0]
+    q, k, v = make_qkv(n, n, 4, 2, d, DTYPES[0])
+    torch.library.opcheck(torch.ops.flash_tree_attn.fwd.default,
+                          (q, k, v, lay.cu_seqlens, lay.cu_seqlens, lay.start_q, lay.end_k, n, n, d ** -0.5, True,
+                           -1, -1, 0.0, False, _ops.kernel_path_from_env()))
+
+
 def test_no_host_sync_in_call_path():
     n, d = 512, compiled_head_dims()[0]
     lay = layout_from_segments([[(-1, 200), (0, 150), (0, 162)]], device="cuda")
