@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Host (CPU) time of one call of the installed extension, and the wall time of calls issued back to back.
 
-A trainer calls attention once per layer and step; where the GPU work of a call is short, the host time of the
-call (argument checks, dispatch, autograd, allocations, kernel launches) is what the step waits for. For each
-case this prints, per call: the CPU time of a loop of calls that never waits for the GPU, and the wall time of
-the same loop including the GPU's finish. With tiny shapes (the default first cases) the loop is bound by the CPU
-and both figures are the host time; at the 4k-token cases the wall time is the GPU's. Dense cases also time
-PyTorch SDPA's FlashAttention-2 backend (C++ all the way) on the same shapes, for scale. CPU times move by tens of
-percent from run to run: compare variants alternated in one call.
+A trainer calls attention once per layer and step; where the GPU work of a call is short, the host time of the call
+(argument checks, dispatch, autograd, allocations, kernel launches) is what the step waits for. For each case this
+prints, per call: the CPU time of a loop of calls that never waits for the GPU, and the wall time of the same loop
+including the GPU's finish. With tiny shapes (the default first cases) the loop is bound by the CPU and both figures
+are the host time; at the 4k-token cases the wall time is the GPU's, unless a call takes the host longer than the
+GPU (then the two figures meet). Dense cases also time PyTorch SDPA's FlashAttention-2 backend (C++ all the way) on
+the same shapes, for scale. CPU times move by tens of percent from run to run: compare variants alternated in one
+call.
 
     python3 tools/host_overhead.py LABEL [--cases tiny,4k] [--iters 1000]
 """
