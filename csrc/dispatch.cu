@@ -69,7 +69,7 @@ int head_dim_bucket(int head_dim) {
 
 const char *compiled_head_dims() { return FTA_COMPILED_HEAD_DIMS_STR; }
 
-// Every sm80 backward configuration's query block is a multiple of it (checked in launch_bwd.h).
+// Every backward configuration's query block, on both paths, is a multiple of it (checked in dq_order.h).
 int bwd_block_m(int /*head_dim_bucket*/) { return kBwdSemaphoreBlockM; }
 
 const char *run_fwd(FwdParams &params, KernelPath path, cudaStream_t stream) {
@@ -93,9 +93,7 @@ const char *run_bwd(BwdParams &params, KernelPath path, cudaStream_t stream) {
     if (const char *err = check_forced_sm90(params, path)) return err;
     if (const char *err = check_bwd_grid(params)) return err;
     const int bucket = head_dim_bucket(params.shape.head_dim);
-    // The sm90 backward covers the non-deterministic mode; deterministic=True runs the sm80 backward, also
-    // when sm90 is forced (see kernel_api.h).
-    if (path != KernelPath::kSm80 && params.device_arch == 90 && !params.deterministic) {
+    if (path != KernelPath::kSm80 && params.device_arch == 90) {
 #define FTA_RUN run_sm90_bwd
         FTA_SM90_BWD_KERNELS(FTA_CASE)
 #undef FTA_RUN
@@ -106,10 +104,6 @@ const char *run_bwd(BwdParams &params, KernelPath path, cudaStream_t stream) {
 #define FTA_RUN run_sm80_bwd
     FTA_SM80_BWD_KERNELS(FTA_CASE)
 #undef FTA_RUN
-    if (params.deterministic) {
-        return "deterministic=True runs the sm80 backward, and none was compiled for this head dim / dtype / causal "
-               "combination";
-    }
     return "no backward kernel was compiled for this head dim / dtype / causal combination";
 }
 

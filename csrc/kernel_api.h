@@ -20,10 +20,10 @@ TreeBounds block_bounds_view(const int *scratch, int64_t total_q, int64_t total_
 void launch_block_bounds(const FwdParams &p, int *scratch, cudaStream_t stream);
 
 // Kernel paths. kAuto picks sm90 on compute capability 9.0 when its kernels are compiled, else sm80.
-// Forcing kSm90 on another GPU or in a build without it is an error. The sm90 path implements the whole
-// forward and the backward without deterministic=True; the deterministic backward runs the sm80 kernels
-// (also when kSm90 is forced). Mixing is sound because the backward
-// only reads what the forward wrote (O and the LSE), which both paths lay out the same way.
+// Forcing kSm90 on another GPU or in a build without it is an error. Under kAuto a head dim / dtype the sm90
+// path was not compiled for runs the sm80 kernels; the forward and the backward may then take different paths,
+// which is sound because the backward only reads what the forward wrote (O and the LSE), which both paths lay
+// out the same way.
 enum class KernelPath : int { kAuto = 0, kSm80 = 80, kSm90 = 90 };
 
 // Returns nullptr on success, or a static message naming what is not compiled.

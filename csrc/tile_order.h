@@ -64,11 +64,16 @@ template <int kBlockN>
 inline int64_t bwd_grid_size(const BwdParams &p) {
     return tile_grid_size(ceil_div(p.shape.max_seqlen_k, kBlockN), p.shape.batch, p.shape.num_heads_kv);
 }
+// The deterministic backward without a tree takes each (sequence, head)'s key blocks last first instead, the
+// order its dQ additions follow (dq_order.h).
 template <int kBlockN>
 __device__ __forceinline__ TileCoord bwd_tile(const BwdParams &p) {
     const int blocks = ceil_div(p.shape.max_seqlen_k, kBlockN);
     const bool tree = p.tree_start_q != nullptr;
-    return tile_at(blockIdx.x, blocks, p.shape.batch, p.shape.num_heads_kv, tree ? min(kRankBlock, blocks) : blocks);
+    const int rank_block = tree ? min(kRankBlock, blocks) : blocks;
+    TileCoord t = tile_at(blockIdx.x, blocks, p.shape.batch, p.shape.num_heads_kv, rank_block);
+    if (p.deterministic && !tree) t.block = blocks - 1 - t.block;
+    return t;
 }
 
 // The sm90 forward's work items (query block, sequence, query head) in the order its CTAs take them: one

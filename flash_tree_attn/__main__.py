@@ -30,8 +30,7 @@ def kernel_path_report() -> tuple[str | None, str]:
     if forced == 90 and (major, minor) != (9, 0):
         return None, f"FLASH_TREE_ATTN_PATH=sm90 needs a compute capability 9.0 GPU; this one is sm_{major}{minor}"
     if (major, minor) == (9, 0) and "sm90" in paths and forced in (0, 90):
-        return "sm90", ("Hopper kernels (wgmma/TMA); the backward with deterministic=True runs the Ampere-path "
-                        "kernels")
+        return "sm90", "Hopper kernels (wgmma/TMA)"
     archs = [int(a) for a in info.get("cuda_archs", [])]
     native = major * 10 + minor in archs
     how = "native cubin" if native else "PTX compiled by the driver at load time"

@@ -3,8 +3,8 @@
 For every output (out, lse, dq, dk, dv): max |ours - fp32 reference| must be at most 2x max |reference computed in
 the input precision - fp32 reference| plus a small absolute tolerance. Inputs are fresh random draws each run;
 the caching allocator is filled with NaN before each kernel call so an unwritten output element cannot pass.
-The kernel path under test is FLASH_TREE_ATTN_TEST_PATH (sm80, the default, or sm90: the Hopper forward with
-the sm80 backward); test_kernel_paths_agree compares the two paths with each other.
+The kernel path under test is FLASH_TREE_ATTN_TEST_PATH (sm80, the default, or sm90); test_kernel_paths_agree
+compares the two paths with each other.
 """
 from __future__ import annotations
 
@@ -331,6 +331,44 @@ def test_deterministic_backward_is_bitwise_reproducible(d):
             assert torch.equal(a, b)
     # and the deterministic result is still correct
     run_case(q, k, v, lay.cu_seqlens, lay.cu_seqlens, n, n, True, lay.start_q, lay.end_k, deterministic=True)
+
+
+def backward_kernel_names(fn) -> list[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if "bwd_kernel" in e.name]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("d", compiled_head_dims())
+def test_deterministic_backward_varlen_gqa(d, causal):
+    """Many sequences whose lengths are not multiples of the blocks (query blocks that run into the next
+    sequence), keys past the queries (bottom-right causal) and more key blocks than SMs: bitwise the same on
+    every run, correct, and computed by the path under test."""
+    lens_q = [1, 77, 130, 1000, 1537, 640, 2048, 333] * 3
+    lens_k = [lq + extra for lq, extra in zip(lens_q, [0, 5, 64, 129, 0, 7, 0, 250] * 3)]
+    cu_q = torch.tensor([0] + lens_q, device="cuda", dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    cu_k = torch.tensor([0] + lens_k, device="cuda", dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    tq, tk = int(cu_q[-1]), int(cu_k[-1])
+    q, k, v = make_qkv(tq, tk, 8, 2, d, DTYPES[0])
+    g = torch.randn(tq, 8, d, device="cuda", dtype=DTYPES[0])
+
+    def grads():
+        out = fta.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal,
+                                         deterministic=True)
+        return torch.autograd.grad(out, (q, k, v), g)
+
+    first = grads()
+    for _ in range(3):
+        for a, b in zip(first, grads()):
+            assert torch.equal(a, b)
+    names = backward_kernel_names(grads)
+    path = os.environ["FLASH_TREE_ATTN_PATH"]
+    if path == "auto":
+        path = "sm90" if sm90_available() else "sm80"
+    assert names and all(f"::{path}::" in n for n in names), names
+    run_case(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal, deterministic=True)
 
 
 # Shared memory per block of an A100 and of sm_86/89 GPUs (FLASH_TREE_ATTN_MAX_SMEM emulates them).

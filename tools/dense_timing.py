@@ -7,6 +7,7 @@ shapes; --head-dims 64,96,192,256 times the benchmark's D=64 / D=256 dense shape
 D=256) instead.
 
     FLASH_TREE_ATTN_PATH=sm90 python3 tools/dense_timing.py LABEL [--head-dims 128,64,256] [--forward-only]
+        [--deterministic]
 """
 import argparse
 
@@ -25,14 +26,14 @@ SHAPES = {  # head dim -> (batch, length, heads): workloads.json's dense rows, D
 }
 
 
-def case(batch: int, length: int, heads: int, d: int = 128, backward: bool = True) -> str:
+def case(batch: int, length: int, heads: int, d: int = 128, backward: bool = True, deterministic: bool = False) -> str:
     q, k, v = (torch.randn(batch * length, heads, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))
     cu = torch.arange(0, (batch + 1) * length, length, device="cuda", dtype=torch.int32)
     grad = torch.randn_like(q)
 
     def fwd():
-        return fta.flash_attn_varlen_func(q, k, v, cu, cu, length, length, causal=True)
+        return fta.flash_attn_varlen_func(q, k, v, cu, cu, length, length, causal=True, deterministic=deterministic)
 
     def fwd_bwd():
         q.grad = k.grad = v.grad = None
@@ -52,6 +53,7 @@ if __name__ == "__main__":
     parser.add_argument("label", nargs="?", default="current")
     parser.add_argument("--head-dims", default="128", help=f"comma-separated, of {sorted(SHAPES)}")
     parser.add_argument("--forward-only", action="store_true", help="time the forward alone")
+    parser.add_argument("--deterministic", action="store_true", help="the backward with deterministic=True")
     args = parser.parse_args()
     head_dims = [int(x) for x in args.head_dims.split(",")]
     unknown = [d for d in head_dims if d not in SHAPES]
@@ -59,4 +61,5 @@ if __name__ == "__main__":
         parser.error(f"--head-dims: no shape for {unknown}; choose from {sorted(SHAPES)}")
     torch.manual_seed(0)
     cases = [(*shape, d) for d in head_dims for shape in SHAPES[d]]
-    print(args.label, "|", " | ".join(case(*c, backward=not args.forward_only) for c in cases), flush=True)
+    rows = [case(*c, backward=not args.forward_only, deterministic=args.deterministic) for c in cases]
+    print(args.label, "|", " | ".join(rows), flush=True)

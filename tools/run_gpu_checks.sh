@@ -79,10 +79,12 @@ stage() {
 sanitize() {
   local cs rc=0 hopper
   cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-  run_tool() {  # PATH TOOL
-    echo "--- FLASH_TREE_ATTN_PATH=$1 compute-sanitizer --tool $2"
+  run_tool() {  # PATH TOOL; racecheck skips the repeated trees (minutes each under it; memcheck runs them)
+    local extra=()
+    [ "$2" = racecheck ] && extra=(--no-repeat)
+    echo "--- FLASH_TREE_ATTN_PATH=$1 compute-sanitizer --tool $2${extra[*]:+ ${extra[*]}}"
     FLASH_TREE_ATTN_PATH=$1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool "$2" --error-exitcode 1 --print-limit 30 \
-      "$PY" tools/sanitizer_case.py
+      "$PY" tools/sanitizer_case.py "${extra[@]}"
   }
   for tool in memcheck racecheck; do run_tool sm80 $tool || rc=1; done
   hopper=$("$PY" -c "import torch; from flash_tree_attn import _ops; print(int(torch.cuda.get_device_capability() == (9, 0) and 'sm90' in _ops.build_info().get('kernel_paths', [])))" 2>/dev/null)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Small forward + backward cases for compute-sanitizer (memcheck, racecheck).
 
-    compute-sanitizer --tool memcheck --error-exitcode 1 python3 tools/sanitizer_case.py
+    compute-sanitizer --tool memcheck --error-exitcode 1 python3 tools/sanitizer_case.py [--no-repeat]
     (tools/run_gpu_checks.sh sanitize does this with PYTORCH_NO_CUDA_MEMORY_CACHING=1, so that every tensor is
     its own allocation and out-of-bounds accesses are not hidden inside the caching allocator's blocks)
 
@@ -9,13 +9,16 @@ Three packed trees (ragged lengths that do not fill the tiles, a one-token leaf,
 heads, head dims 64, 128 and 256 (those the extension was built with; on Hopper 256 runs the backward whose
 warpgroups split the head dim), tree-masked and plain causal, plus a deterministic backward; and, at one head dim
 (128 where built), the three trees repeated 24 times, so that the forward and backward have more tiles than the GPU
-has SMs and each persistent CTA of the sm90 path runs several, one after the other. Each output is checked against
+has SMs and each persistent CTA of the sm90 path runs several, one after the other (with the backward deterministic
+too: CTAs then wait on each other's dQ additions). Each output is checked against
 flash_tree_attn.reference.attention_ref (fp32).
 Exit status 0 when every case ran and matched, 1 otherwise; a head dim the build lacks is skipped.
 """
 from __future__ import annotations
 
+import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -75,7 +78,11 @@ def run_case(d: int, tree: bool, deterministic: bool, device="cuda", dtype=torch
     return problems
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--no-repeat", action="store_true",
+                    help="skip the repeated trees (racecheck takes minutes over each of them)")
+    args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("sanitizer_case: no CUDA GPU")
         return 1
@@ -91,17 +98,20 @@ def main() -> int:
     # sm90 forward covers 64-128).
     many = 128 if 128 in dims else min(dims)
     for d in dims:
-        cases = [(True, False, 1), (False, False, 1), (True, True, 1)] + ([(True, False, 24)] if d == many else [])
+        cases = [(True, False, 1), (False, False, 1), (True, True, 1)]
+        cases += [(True, False, 24), (True, True, 24)] if d == many and not args.no_repeat else []
         for tree, det, repeat in cases:
             label = f"D={d} {'tree' if tree else 'causal'}{' deterministic' if det else ''}"
             label += f" x{repeat}" if repeat > 1 else ""
+            start = time.monotonic()
             try:
                 problems = run_case(d, tree, det, repeat=repeat)
             except Exception as e:  # noqa: BLE001 - report every case
                 problems = [f"{type(e).__name__}: {e}"]
             ran += 1
             failed += bool(problems)
-            print(f"sanitizer_case: {label}: {'OK' if not problems else 'FAIL ' + '; '.join(problems)}", flush=True)
+            verdict = "OK" if not problems else "FAIL " + "; ".join(problems)
+            print(f"sanitizer_case: {label}: {verdict} ({time.monotonic() - start:.0f} s)", flush=True)
     print(f"sanitizer_case: {ran - failed}/{ran} cases OK")
     return 0 if failed == 0 and ran else 1
 

@@ -8,7 +8,7 @@ read 1.86-1.90 ms, with --rep 1500 2.14 ms, for the same build in the same call 
 ours --workloads ...` times the same calls with its checks and baselines; this script is the lean form.
 
     FLASH_TREE_ATTN_PATH=sm90 python3 tools/tree_timing.py LABEL [--rep 1500] [--warmup 100] [--workloads a,b]
-        [--backward]
+        [--backward [--deterministic]]
 """
 import argparse
 import sys
@@ -39,13 +39,14 @@ def workload_inputs(name: str, requires_grad: bool):
     return q, k, v, cu, start_q, end_k, n
 
 
-def timings(name: str, rep: int, warmup: int, backward: bool) -> str:
-    """Forward ms of one workload, and with `backward` also backward ms (forward+backward - forward)."""
+def timings(name: str, rep: int, warmup: int, backward: bool, deterministic: bool = False) -> str:
+    """Forward ms of one workload, and with `backward` also backward ms (forward+backward - forward), the backward
+    with `deterministic` if asked."""
     q, k, v, cu, start_q, end_k, n = workload_inputs(name, backward)
 
     def fwd():
         return fta.flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=True, tree_dfs_order_start_q=start_q,
-                                          tree_dfs_order_end_k=end_k)
+                                          tree_dfs_order_end_k=end_k, deterministic=deterministic)
 
     with torch.no_grad():
         f = triton.testing.do_bench(fwd, warmup=warmup, rep=rep)
@@ -68,7 +69,8 @@ if __name__ == "__main__":
     ap.add_argument("--warmup", type=int, default=100, help="do_bench warm-up time, ms")
     ap.add_argument("--workloads", default=DEFAULT)
     ap.add_argument("--backward", action="store_true", help="also time forward+backward; prints fwd / bwd ms")
+    ap.add_argument("--deterministic", action="store_true", help="the backward with deterministic=True")
     args = ap.parse_args()
     torch.manual_seed(0)
-    rows = [timings(w, args.rep, args.warmup, args.backward) for w in args.workloads.split(",")]
+    rows = [timings(w, args.rep, args.warmup, args.backward, args.deterministic) for w in args.workloads.split(",")]
     print(args.label, "|", " | ".join(rows), flush=True)

@@ -1,11 +1,12 @@
 // sm80 backward: dK and dV for one key block of one key/value head per CTA, looping over the query heads
 // that share it (GQA is accumulated in registers, no per-query-head copies) and over the non-empty query
-// blocks; dQ is accumulated in fp32 with atomics, in key-block order when deterministic.
+// blocks; dQ is accumulated in fp32 with atomics, in a fixed key-block order when deterministic (dq_order.h).
 #pragma once
 
 #include <cute/tensor.hpp>
 
 #include "block_range.h"
+#include "dq_order.h"
 #include "dq_reduce.h"
 #include "params.h"
 #include "softmax.h"
@@ -14,15 +15,6 @@
 #include "sm80/utils.h"
 
 namespace flash_tree_attn::sm80 {
-
-__forceinline__ __device__ int load_acquire(const int *p) {
-    int v;
-    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-__forceinline__ __device__ void store_release(int *p, int v) {
-    asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
-}
 
 template <typename Traits, bool kCausal>
 __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_constant__ BwdParams params) {
@@ -34,9 +26,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
 
     extern __shared__ __align__(128) char smem_raw[];
 
-    // Heavy key blocks first, across heads (tile_order.h). Deterministic mode waits on the CTAs of lower key
-    // blocks of the same (sequence, head): they have lower block indices, so they were launched earlier and
-    // the wait cannot deadlock.
+    // Heavy key blocks first, across heads (tile_order.h); the deterministic mode's dQ order relies on it
+    // (dq_order.h).
     const TileCoord tile = bwd_tile<kBlockN>(params);
     const int n_block = tile.block;
     const int head_kv = tile.head;
@@ -226,14 +217,25 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
         cute::cp_async_fence();
 
         while (true) {
-            // Next work item, prefetched into the other stage when double-buffered.
+            // Next work item, prefetched into the other stage when double-buffered. The deterministic mode
+            // takes the items query block by query block instead, every head of the group in turn (dq_order.h).
             int next_head = head;
             TileKind next_kind;
-            int next_m = walk.next(seq, next_kind);
-            if (next_m >= m_end && ++next_head < head_q0 + group) {
-                if (head == head_q0) m_end = m_block + 1;  // m_block: the first head's last block
-                walk = Walk(n_block, m_start, m_end);
+            int next_m;
+            if (params.deterministic) {
+                next_kind = kind;
+                next_m = m_block;
+                if (++next_head == head_q0 + group) {
+                    next_m = walk.next(seq, next_kind);
+                    next_head = next_m < m_end ? head_q0 : head_q0 + group;
+                }
+            } else {
                 next_m = walk.next(seq, next_kind);
+                if (next_m >= m_end && ++next_head < head_q0 + group) {
+                    if (head == head_q0) m_end = m_block + 1;  // m_block: the first head's last block
+                    walk = Walk(n_block, m_start, m_end);
+                    next_m = walk.next(seq, next_kind);
+                }
             }
             const bool has_next = next_head < head_q0 + group;
             if (kStages == 2 && has_next) {
@@ -303,15 +305,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
             clear(acc_dq);
             gemm_ss(acc_dq, tdQrdS, tdQrKt, tdQsdS, tdQsKt, mma_dq, copy_a_dq, copy_b_dq, thr_copy_a_dq, thr_copy_b_dq);
 
-            int *semaphore = nullptr;
+            DqTurn turn{};
             if (params.deterministic) {
-                const int m_slots = ceil_div(params.shape.max_seqlen_q, kBlockM);
-                semaphore = params.dq_semaphore + (int64_t(batch) * params.shape.num_heads_q + head) * m_slots + m_block;
-                const int prev = prev_key_block<kBlockM, kBlockN>(seq, m_block, n_block);
-                if (tid == 0) {
-                    while (load_acquire(semaphore) != prev + 1) {
-                    }
-                }
+                turn = dq_turn<kBlockM, kBlockN>(params, seq, batch, head, m_block, n_block);
+                if (tid == 0) wait_turn(turn);
                 __syncthreads();
             }
             // The thread's first dQ element of this tile; every other element is a fixed offset from it
@@ -334,7 +331,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
             if (params.deterministic) {
                 __threadfence();
                 __syncthreads();
-                if (tid == 0) store_release(semaphore, n_block + 1);
+                if (tid == 0) pass_turn(turn, n_block);
             }
 
             if (!has_next) break;

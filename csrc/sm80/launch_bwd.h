@@ -12,8 +12,6 @@ namespace flash_tree_attn {
 
 template <typename Traits, bool kCausal>
 void launch_sm80_bwd_kernel(BwdParams &params, cudaStream_t stream) {
-    static_assert(Traits::kBlockM % kBwdSemaphoreBlockM == 0,
-                  "the dq semaphores are allocated per kBwdSemaphoreBlockM query rows (bwd_block_m())");
     const int64_t ctas = bwd_grid_size<Traits::kBlockN>(params);
     if (ctas > 0) {
         sm80::launch_with_smem(&sm80::bwd_kernel<Traits, kCausal>, dim3(unsigned(ctas)), Traits::kNThreads,

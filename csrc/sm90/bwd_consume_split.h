@@ -5,6 +5,7 @@
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
 
+#include "dq_order.h"
 #include "dq_reduce.h"
 #include "fragment_convert.h"
 #include "params.h"
@@ -55,7 +56,7 @@ __forceinline__ __device__ void reduce_dq_staged(Acc const &acc_dq, float (*stag
 
 template <typename Traits, bool kCausal, class Storage>
 __forceinline__ __device__ void consume_bwd_split(const BwdParams &params, const SeqMaskInfo &seq, Storage &smem,
-                                                  int n_block, int head_kv, int q_offset, int k_offset) {
+                                                  int n_block, int head_kv, int batch, int q_offset, int k_offset) {
     using Element = typename Traits::Element;
     constexpr int kBlockM = Traits::kBlockM;
     constexpr int kBlockN = Traits::kBlockN;
@@ -173,11 +174,26 @@ __forceinline__ __device__ void consume_bwd_split(const BwdParams &params, const
         wgmma_issue</*kZeroInit=*/true>(mma_dq, tdQrdS, tdQrK, acc_dq);
         wgmma_issue</*kZeroInit=*/false>(mma_dkv, tdVrPt, tdVrdO(_, _, _, s), acc_dv);
         wgmma_issue</*kZeroInit=*/false>(mma_dkv, tdKrdSt, tdKrQ(_, _, _, s), acc_dk);
+        // The deterministic mode's dQ order (dq_order.h): one warp finds the turn while the GEMMs run, one thread
+        // waits for it, and every thread's additions are fenced before the turn passes on.
+        DqTurn turn{};
+        if (params.deterministic && warp == 0) {
+            turn = dq_turn<kBlockM, kBlockN>(params, seq, batch, head, m_block, n_block);
+        }
         warpgroup_wait<2>();
         warpgroup_fence_operand(acc_dq);
+        if (params.deterministic) {
+            if (tid == 0) wait_turn(turn);
+            cutlass::arch::NamedBarrier::sync(Traits::kConsumerThreads, kDqTurn);
+        }
         // Rows past the sequence hold zeros (their queries are masked) and are not added.
         reduce_dq_staged<Traits>(acc_dq, smem.dq_stage[warp], dq_seq + int64_t(row0) * dq_row_stride + head * kHeadDim,
                                  dq_row_stride, seqlen_q - row0 - warp_row0, lane);
+        if (params.deterministic) {
+            __threadfence();
+            cutlass::arch::NamedBarrier::sync(Traits::kConsumerThreads, kDqTurn);
+            if (tid == 0) pass_turn(turn, n_block);
+        }
         warpgroup_wait<0>();
         warpgroup_fence_operand(acc_dk);
         warpgroup_fence_operand(acc_dv);

@@ -13,6 +13,7 @@
 #include <cutlass/arch/reg_reconfig.h>
 
 #include "block_range.h"
+#include "dq_order.h"
 #include "fragment_convert.h"
 #include "params.h"
 #include "softmax.h"
@@ -25,9 +26,10 @@
 namespace flash_tree_attn::sm90 {
 
 // The work items of a CTA in the order the producer streams them: each query head of the key/value head's
-// group in turn, and for each the non-empty query blocks that see key block n_block, upward. The dQ writer
-// warp walks the same sequence, so no tile coordinates travel to it through shared memory. Called by a whole
-// warp; f(head, m_block, kind) for each item.
+// group in turn, and for each the non-empty query blocks that see key block n_block, upward; in the
+// deterministic mode each of those query blocks in turn, and for each every head of the group (dq_order.h).
+// The dQ writer warp walks the same sequence, so no tile coordinates travel to it through shared memory.
+// Called by a whole warp; f(head, m_block, kind) for each item.
 template <int kBlockM, int kBlockN, class F>
 __forceinline__ __device__ void for_each_query_tile(const BwdParams &params, const SeqMaskInfo &seq, int n_block,
                                                     int head_kv, F &&f) {
@@ -38,6 +40,14 @@ __forceinline__ __device__ void for_each_query_tile(const BwdParams &params, con
     const int m_start = query_block_begin<kBlockM, kBlockN>(seq, n_block);
     const int group = params.shape.num_heads_q / params.shape.num_heads_kv;
     int m_end = ceil_div(seq.seqlen_q, kBlockM);
+    if (params.deterministic) {
+        TileWalk<kBlockM, kBlockN, /*kKeysDown=*/false> walk(n_block, m_start, m_end);
+        TileKind kind;
+        for (int m_block = walk.next(seq, kind); m_block < m_end; m_block = walk.next(seq, kind)) {
+            for (int head = head_kv * group; head < (head_kv + 1) * group; ++head) f(head, m_block, kind);
+        }
+        return;
+    }
     for (int head = head_kv * group; head < (head_kv + 1) * group; ++head) {
         TileWalk<kBlockM, kBlockN, /*kKeysDown=*/false> walk(n_block, m_start, m_end);
         TileKind kind;
@@ -138,10 +148,11 @@ __forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMa
 // dQ writer warp: adds every dQ tile the consumers hand over to the fp32 accumulator with one TMA reduce-add
 // (its rows past the sequence hold zeros, those queries being masked, so the adds they make to the next
 // sequence's rows change nothing; rows past the array are clipped), and frees the buffer once TMA has read it.
-// It walks the work items itself (for_each_query_tile), in the order the consumers process them.
+// It walks the work items itself (for_each_query_tile), in the order the consumers process them. In the
+// deterministic mode each add waits for its turn (dq_order.h) and passes it on once complete, not only read.
 template <typename Traits, class TmaDQ, class Storage>
 __forceinline__ __device__ void write_dq(const BwdParams &params, const SeqMaskInfo &seq, Storage &smem,
-                                         TmaDQ const &tma_dq, int n_block, int head_kv, int q_offset) {
+                                         TmaDQ const &tma_dq, int n_block, int head_kv, int batch, int q_offset) {
     constexpr uint32_t kHandshake = Traits::kConsumerThreads + 32;
     const auto &sh = params.shape;
     Tensor mdQ = tma_dq.get_tma_tensor(make_shape(sh.total_q, Int<Traits::kHeadDim>{}, sh.num_heads_q));
@@ -149,23 +160,37 @@ __forceinline__ __device__ void write_dq(const BwdParams &params, const SeqMaskI
     cutlass::arch::NamedBarrier::arrive(kHandshake, kDqEmpty + 1);
     int b = 0;
     auto add_tile = [&](int head, int m_block, TileKind) {
+        DqTurn turn{};
+        if (params.deterministic) {  // found while the consumers still compute the tile
+            turn = dq_turn<Traits::kBlockM, Traits::kBlockN>(params, seq, batch, head, m_block, n_block);
+        }
         cutlass::arch::NamedBarrier::sync(kHandshake, kDqFull + b);
         if (threadIdx.x % 32 == 0) {
+            if (params.deterministic) {
+                wait_turn(turn);
+                fence_proxy_async_global();  // the predecessor's adds, seen here, come before this one's
+            }
             Tensor sdQ = make_tensor(make_smem_ptr(smem.dq[b]), typename Traits::SmemLayoutdQ{});
             Tensor gdQ = local_tile(domain_offset(make_coord(q_offset, _0{}), mdQ(_, _, head)),
                                     Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>{}, make_coord(m_block, _0{}));
             auto [tdQgdQ, tdQsdQ] = tma_partition(tma_dq, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sdQ),
                                                   group_modes<0, 2>(gdQ));
             copy(tma_dq, tdQsdQ, tdQgdQ);
-            tma_store_arrive();   // commit the reduce-add
-            tma_store_wait<0>();  // ... and wait until it has read shared memory
+            tma_store_arrive();  // commit the reduce-add
+            if (params.deterministic) {
+                bulk_wait_complete();  // the adds are done in L2, not only read from shared memory
+                fence_proxy_async_global();
+                pass_turn(turn, n_block);
+            } else {
+                tma_store_wait<0>();  // wait until it has read shared memory
+            }
         }
         __syncwarp();
         cutlass::arch::NamedBarrier::arrive(kHandshake, kDqEmpty + b);
         b ^= 1;
     };
     for_each_query_tile<Traits::kBlockM, Traits::kBlockN>(params, seq, n_block, head_kv, add_tile);
-    asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");  // writes complete before the CTA retires
+    bulk_wait_complete();  // writes complete before the CTA retires
 }
 
 template <typename Traits, bool kCausal, class Storage>
@@ -390,12 +415,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         if (threadIdx.x < 32) {
             produce_bwd<Traits>(params, seq, smem, tma_q, tma_do, tma_k, tma_v, n_block, head_kv, q_offset, k_offset);
         } else if (threadIdx.x < 64) {
-            if constexpr (!Traits::kSplitHeadDim) write_dq<Traits>(params, seq, smem, tma_dq, n_block, head_kv, q_offset);
+            if constexpr (!Traits::kSplitHeadDim) {
+                write_dq<Traits>(params, seq, smem, tma_dq, n_block, head_kv, batch, q_offset);
+            }
         }
     } else {
         cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
         if constexpr (Traits::kSplitHeadDim) {
-            consume_bwd_split<Traits, kCausal>(params, seq, smem, n_block, head_kv, q_offset, k_offset);
+            consume_bwd_split<Traits, kCausal>(params, seq, smem, n_block, head_kv, batch, q_offset, k_offset);
         } else {
             consume_bwd<Traits, kCausal>(params, seq, smem, n_block, head_kv, q_offset, k_offset);
         }

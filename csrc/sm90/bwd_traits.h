@@ -186,9 +186,18 @@ struct BwdSplitDimTraits : BwdTraitsBase<Element_, kHeadDim_, /*kBlockM=*/64, /*
 // halves are in shared memory. kDqFull + b / kDqEmpty + b: the handshake between the consumers and the dQ
 // writer warp over dQ buffer b. kEpilogue + w: consumer warpgroup w's dK and dV rows are in shared memory.
 // kConsumersDone: both consumer warpgroups have retired their last wgmma (the split kernel's epilogue then
-// reuses K and V). kPtFree, in the split kernel only, which has no dQ writer and so takes kDqFull's id: both
-// warpgroups' GEMMs of the previous step have read P^T and dS^T.
-enum BwdBarrier : uint32_t { kDsReady = 0, kDqFull = 1, kDqEmpty = 3, kEpilogue = 5, kConsumersDone = 7, kPtFree = 1 };
+// reuses K and V). In the split kernel only, which has no dQ writer and so takes the ids of kDqFull and kDqEmpty:
+// kPtFree, both warpgroups' GEMMs of the previous step have read P^T and dS^T; kDqTurn, the deterministic mode's
+// dQ turn (dq_order.h) has come, and then, all of the step's dQ additions are done.
+enum BwdBarrier : uint32_t {
+    kDsReady = 0,
+    kDqFull = 1,
+    kDqEmpty = 3,
+    kEpilogue = 5,
+    kConsumersDone = 7,
+    kPtFree = 1,
+    kDqTurn = 3
+};
 
 // The configuration of each head-dim bucket: warpgroups split the keys up to 128, the head dim above.
 template <int kHeadDim, typename Element>

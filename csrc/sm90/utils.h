@@ -185,4 +185,12 @@ inline auto packed_gmem_tensor(const void *ptr, int tokens, int head_dim, int he
                        make_stride(row_stride, _1{}, head_stride));
 }
 
+// Waits until this thread's committed bulk asynchronous operations (TMA stores and reduce-adds) are complete,
+// their writes done in global memory; tma_store_wait waits only until they have read shared memory.
+__forceinline__ __device__ void bulk_wait_complete() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
+
+// Orders this thread's global accesses of the generic proxy (loads, stores, atomics) with those of the async
+// proxy (TMA) on either side of it.
+__forceinline__ __device__ void fence_proxy_async_global() { asm volatile("fence.proxy.async.global;" ::: "memory"); }
+
 }  // namespace flash_tree_attn::sm90
