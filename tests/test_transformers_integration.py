@@ -461,6 +461,30 @@ def test_unsupported_features_fail_loudly(ref_kernel):
         model(**kw)
 
 
+def test_deterministic_reaches_the_kernel(ref_kernel, monkeypatch):
+    """deterministic=True through the model's kwargs, else FLASH_ATTENTION_DETERMINISTIC=1 (transformers'
+    FlashAttention convention); off by default. Every path of the integration passes it on."""
+    monkeypatch.delenv("FLASH_ATTENTION_DETERMINISTIC", raising=False)
+    model = AutoModelForCausalLM.from_config(tiny_config("qwen2"), attn_implementation=ATTN)
+    p = pack_grpo_batch([[1, 2, 3]], [[[4, 5], [6, 7, 8]]])
+    ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 0]])
+    runs = [  # (environment, extra model kwargs, expected)
+        (None, {}, False),
+        (None, {"deterministic": True}, True),
+        ("1", {}, True),
+        ("1", {"deterministic": False}, False),
+    ]
+    for env, extra, expected in runs:
+        if env is None:
+            monkeypatch.delenv("FLASH_ATTENTION_DETERMINISTIC", raising=False)
+        else:
+            monkeypatch.setenv("FLASH_ATTENTION_DETERMINISTIC", env)
+        for inputs in (p.model_inputs(), {"input_ids": ids, "attention_mask": (ids > 0).long()}, {"input_ids": ids}):
+            ref_kernel.clear()
+            model(**inputs, **extra)
+            assert ref_kernel and all(c["deterministic"] is expected for c in ref_kernel), (env, extra, list(inputs))
+
+
 def test_tree_arrays_alone_mean_one_tree_per_row(ref_kernel):
     ours, ref = make_pair(tiny_config("qwen2"))
     p = pack_grpo_batch([[1, 2, 3]], [[[4, 5], [6, 7, 8]]])

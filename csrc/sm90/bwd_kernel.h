@@ -149,7 +149,9 @@ __forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMa
 // (its rows past the sequence hold zeros, those queries being masked, so the adds they make to the next
 // sequence's rows change nothing; rows past the array are clipped), and frees the buffer once TMA has read it.
 // It walks the work items itself (for_each_query_tile), in the order the consumers process them. In the
-// deterministic mode each add waits for its turn (dq_order.h) and passes it on once complete, not only read.
+// deterministic mode each add waits for its turn (dq_order.h) and passes it on once complete, not only read;
+// the zeros added to the next sequence's rows come outside that sequence's order and still change no bit (an
+// accumulator zeroed to +0 never holds -0, and adding +0 or -0 changes no other value).
 template <typename Traits, class TmaDQ, class Storage>
 __forceinline__ __device__ void write_dq(const BwdParams &params, const SeqMaskInfo &seq, Storage &smem,
                                          TmaDQ const &tma_dq, int n_block, int head_kv, int batch, int q_offset) {

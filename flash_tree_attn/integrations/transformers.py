@@ -25,6 +25,9 @@ function unchanged, in the Llama, Mistral, Qwen2 and Qwen3 families among others
   (see :func:`flash_tree_attn.flash_attn_varlen_func`). With them, ``position_ids`` must be the depth of each
   token (what :mod:`flash_tree_attn.tree` and :mod:`flash_tree_attn.integrations.packing` return), so rotary
   embeddings match the unpacked sequences. Without ``cu_seq_lens_*`` each batch row is one tree.
+* ``deterministic`` (bool): the backward's ``deterministic=True`` (bitwise reproducible gradients). As in
+  transformers' FlashAttention path, without it the environment variable ``FLASH_ATTENTION_DETERMINISTIC=1``
+  turns it on.
 
 Without tree arrays the implementation is plain (varlen) flash attention, like transformers' "flash_attention_2":
 ``cu_seq_lens_*`` when given; else the 2-D padding mask (unpadded, varlen); else, in eager mode, packing found in
@@ -33,6 +36,8 @@ The model never builds a dense 4-D mask for this implementation: the registered 
 the 2-D padding mask (or ``None``).
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -167,6 +172,10 @@ def flash_tree_attention_forward(
     B, Hq, Sq, D = query.shape
     Hkv, Sk = key.shape[1], key.shape[2]
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    deterministic = kwargs.get("deterministic")
+    if deterministic is None:  # transformers' FlashAttention path reads the same variable
+        deterministic = os.environ.get("FLASH_ATTENTION_DETERMINISTIC", "0") == "1"
+    deterministic = bool(deterministic)
     device = query.device
 
     # (B, H, S, D) -> (B, S, H, D): a view; the kernels take any row/head strides with a unit last stride.
@@ -217,7 +226,7 @@ def flash_tree_attention_forward(
         _check_window(sliding_window, max_k)
         out = flash_attn_varlen_func(
             q.reshape(B * Sq, Hq, D), k.reshape(B * Sk, Hkv, D), v.reshape(B * Sk, Hkv, D),
-            cu_q, cu_k, max_q, max_k, softmax_scale=scaling, causal=causal,
+            cu_q, cu_k, max_q, max_k, softmax_scale=scaling, causal=causal, deterministic=deterministic,
             tree_dfs_order_start_q=start_q, tree_dfs_order_end_k=end_k,
         )
         return out.view(B, Sq, Hq, D), None
@@ -236,7 +245,8 @@ def flash_tree_attention_forward(
         qf = q.reshape(B * Sq, Hq, D).index_select(0, idx_q)
         kf = k.reshape(B * Sk, Hkv, D).index_select(0, idx_k)
         vf = v.reshape(B * Sk, Hkv, D).index_select(0, idx_k)
-        out = flash_attn_varlen_func(qf, kf, vf, cu_q, cu_k, max_q, max_k, softmax_scale=scaling, causal=causal)
+        out = flash_attn_varlen_func(qf, kf, vf, cu_q, cu_k, max_q, max_k, softmax_scale=scaling, causal=causal,
+                                     deterministic=deterministic)
         full = out.new_zeros((B * Sq, Hq, D)).index_copy(0, idx_q, out)
         return full.view(B, Sq, Hq, D), None
 
@@ -253,7 +263,7 @@ def flash_tree_attention_forward(
     _check_window(sliding_window, max_k)
     out = flash_attn_varlen_func(
         q.reshape(B * Sq, Hq, D), k.reshape(B * Sk, Hkv, D), v.reshape(B * Sk, Hkv, D),
-        cu_q, cu_k, max_q, max_k, softmax_scale=scaling, causal=causal,
+        cu_q, cu_k, max_q, max_k, softmax_scale=scaling, causal=causal, deterministic=deterministic,
     )
     return out.view(B, Sq, Hq, D), None
 
