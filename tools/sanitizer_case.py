@@ -10,8 +10,9 @@ heads, head dims 64, 128 and 256 (those the extension was built with; on Hopper 
 warpgroups split the head dim), tree-masked and plain causal, plus a deterministic backward; and, at one head dim
 (128 where built), the three trees repeated 24 times, so that the forward and backward have more tiles than the GPU
 has SMs and each persistent CTA of the sm90 path runs several, one after the other (with the backward deterministic
-too: CTAs then wait on each other's dQ additions). Each output is checked against
-flash_tree_attn.reference.attention_ref (fp32).
+too: CTAs then wait on each other's dQ additions). --no-repeat skips those (racecheck takes minutes over each;
+run_gpu_checks.sh passes it to racecheck only). Each output is checked against flash_tree_attn.reference.attention_ref
+(fp32).
 Exit status 0 when every case ran and matched, 1 otherwise; a head dim the build lacks is skipped.
 """
 from __future__ import annotations
