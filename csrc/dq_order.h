@@ -11,8 +11,8 @@
 //   the next), so a later key block's items wait only until the early blocks' walks have passed them.
 // - Without a tree, decreasing key block, the CTAs of a (sequence, head) launched last key block first. Under
 //   causality a key block's first query block is its diagonal one, where no higher key block adds, so every CTA
-//   adds from its first step on and trails the one above it by two steps. In increasing order key block n would
-//   wait for every lower one to reach its diagonal, about 2n steps.
+//   adds from its first step on and trails the one above it by two query blocks. In increasing order key block n
+//   would wait for every lower one to reach its diagonal, about 2n query blocks.
 #pragma once
 
 #include "block_range.h"
