@@ -35,35 +35,38 @@ def tree_arrays(segments) -> tuple[torch.Tensor, torch.Tensor]:
     return lay.start_q, lay.end_k
 
 
-def tile_stats(start_q, end_k, block_m: int, block_n: int) -> dict:
-    """The causal tree mask of one sequence (flash_tree_attn.reference.visible_mask) cut into block_m x block_n
-    tiles."""
+def tile_visible_counts(start_q, end_k, block_m: int, block_n: int) -> np.ndarray:
+    """Visible (query, key) pairs of every block_m x block_n tile of one sequence's causal tree mask
+    (flash_tree_attn.reference.visible_mask): an int array (query blocks, key blocks)."""
     visible_mask = import_package().reference.visible_mask
     n = len(start_q)
     n_blocks = -(-n // block_n)
-    visible_pairs = area = full = partial = 0
-    per_query_block = []
-    per_key_block = np.zeros(n_blocks, dtype=np.int64)
-    for m0 in range(0, n, block_m):
+    counts = np.zeros((-(-n // block_m), n_blocks), dtype=np.int64)
+    for i, m0 in enumerate(range(0, n, block_m)):
         m1 = min(m0 + block_m, n)
         tiles = min(-(-m1 // block_n), n_blocks)  # key blocks up to the diagonal
         vis = visible_mask(n, n, True, start_q, end_k, rows=(m0, m1))[:, : tiles * block_n]
         vis = torch.nn.functional.pad(vis, (0, tiles * block_n - vis.shape[1]))  # keys past the sequence: hidden
-        counts = vis.reshape(m1 - m0, tiles, block_n).sum(dim=(0, 2)).numpy()
-        nonempty = counts > 0
-        visible_pairs += int(counts.sum())
-        area += int(nonempty.sum()) * block_m * block_n
-        # Full: every pair of the tile's rows and of its keys inside the sequence is visible (rows past the end
-        # are not computed on; keys past the end need the mask, as in classify_tile).
-        whole = (np.arange(tiles) + 1) * block_n <= n
-        is_full = whole & (counts == (m1 - m0) * block_n)
-        full += int(is_full.sum())
-        partial += int((nonempty & ~is_full).sum())
-        per_query_block.append(int(nonempty.sum()))
-        per_key_block[:tiles] += nonempty
+        counts[i, :tiles] = vis.reshape(m1 - m0, tiles, block_n).sum(dim=(0, 2)).numpy()
+    return counts
+
+
+def tile_stats(start_q, end_k, block_m: int, block_n: int) -> dict:
+    """The causal tree mask of one sequence (flash_tree_attn.reference.visible_mask) cut into block_m x block_n
+    tiles."""
+    n = len(start_q)
+    counts = tile_visible_counts(start_q, end_k, block_m, block_n)
+    nonempty = counts > 0
+    rows = np.minimum(np.arange(1, counts.shape[0] + 1) * block_m, n) - np.arange(counts.shape[0]) * block_m
+    # Full: every pair of the tile's rows and of its keys inside the sequence is visible (rows past the end are not
+    # computed on; keys past the end need the mask, as in classify_tile).
+    whole = (np.arange(counts.shape[1]) + 1) * block_n <= n
+    is_full = whole[None, :] & (counts == rows[:, None] * block_n)
+    visible_pairs = int(counts.sum())
+    area = int(nonempty.sum()) * block_m * block_n
     return {"visible_pairs": visible_pairs, "tile_area": area, "visible_fraction": visible_pairs / max(area, 1),
-            "full": full, "partial": partial, "tiles_per_query_block": np.array(per_query_block),
-            "tiles_per_key_block": per_key_block}
+            "full": int(is_full.sum()), "partial": int((nonempty & ~is_full).sum()),
+            "tiles_per_query_block": nonempty.sum(axis=1), "tiles_per_key_block": nonempty.sum(axis=0)}
 
 
 def main(argv=None) -> int:
