@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """A CPU model of the deterministic backward's waits, for choosing the order in which a CTA takes its items.
 
-The backward runs a CTA per (key block, key/value head), launched in tile_order.h's order for a tree (every workload
-is one: rank blocks of 8 key blocks), each on the first free SM of --sms. A CTA's items are (query head, query block) pairs of unit
-cost; deterministic=True adds their dQ tiles to each (query head, query block) in increasing key block
-(csrc/dq_order.h), so an item's add waits for the add of the key block before it, and two dQ buffers let a CTA's
-compute run at most two items ahead of its adds (each add takes --add-latency items). Printed: the finish time with
-deterministic=True over the time without it, per item order:
+The backward runs a CTA per (key block, key/value head), launched in tile_order.h's order for a tree (every
+workload is one: rank blocks of 8 key blocks), each on the first free SM of --sms. A CTA's items are (query head,
+query block) pairs of unit cost; deterministic=True adds their dQ tiles to each (query head, query block) in
+increasing key block (csrc/dq_order.h), so an item's add waits for the add of the key block before it, and two dQ
+buffers let a CTA's compute run at most two items ahead of its adds (each add takes --add-latency items).
+Printed: the finish time with deterministic=True over the time without it, per item order:
   head      every query block of one head, then the next head (the non-deterministic backward's order)
   qblock    every head of one query block, then the next block (the deterministic backward's order)
   windowW   windows of W query blocks aligned on multiples of W, head by head inside a window
