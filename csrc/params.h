@@ -10,8 +10,9 @@ namespace flash_tree_attn {
 // is a multiple of it, so a tile's bounds are the min/max over one or a few granules.
 constexpr int kBoundsGranule = 64;
 
-// The deterministic backward's dQ semaphores (one per sequence, query head and query block) are allocated for
-// 64-row query blocks; a backward with larger query blocks lays out fewer of them and uses a prefix of the array.
+// The backward's dQ counters (one per sequence, query head and query block: the deterministic mode's turns, or the
+// sm90 backward's first-store tickets) are allocated for 64-row query blocks; a backward with larger query blocks
+// lays out fewer of them and uses a prefix of the array.
 constexpr int kBwdSemaphoreBlockM = 64;
 
 // Per-granule tree bounds. Granule g of sequence b covers local tokens [g*64, g*64+64) and is stored at
@@ -90,10 +91,14 @@ struct BwdParams : FwdParams {
     int64_t dv_row_stride = 0, dv_head_stride = 0;
 
     const float *dsoftmax_lse = nullptr;  // (num_heads_q, total_q) gradient w.r.t. the LSE output, or nullptr
-    float *dq_accum = nullptr;      // (total_q, num_heads_q, head_dim_bucket) fp32, zeroed by the caller
+    float *dq_accum = nullptr;      // (total_q, num_heads_q, head_dim_bucket) fp32, zeroed by the preprocess (or below)
     float *dsoftmax_sum = nullptr;  // (num_heads_q, total_q): rowsum(dO * O) - dLSE, written by the preprocess
-    int *dq_semaphore = nullptr;  // deterministic mode: (batch, num_heads_q, query blocks) counters, zeroed
+    int *dq_semaphore = nullptr;    // (batch, num_heads_q, query blocks) counters, zeroed (dq_order.h, dq_first_store)
     bool deterministic = false;
+    // Set by the launcher: the first key block to add to a (query head, query block) of dq_accum stores its tile
+    // instead, so the preprocess does not zero the accumulator, and the conversion writes zeros for the blocks no
+    // key block reached (sm90/bwd_kernel.h, write_dq).
+    bool dq_first_store = false;
 };
 
 }  // namespace flash_tree_attn

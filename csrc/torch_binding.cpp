@@ -260,15 +260,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
         return {dq, dk, dv};
     }
     const int bucket = head_dim_bucket(p.shape.head_dim);
-    // Zeroed by the backward's first kernel (bwd_prepost.h).
+    // Zeroed by the backward's first kernel, or written first by a store (bwd_prepost.h, params.h).
     at::Tensor dq_accum = at::empty({q.size(0), q.size(1), bucket}, q.options().dtype(at::kFloat));
     at::Tensor dsum = at::empty({q.size(1), q.size(0)}, q.options().dtype(at::kFloat));
-    at::Tensor semaphore;
-    if (deterministic) {
-        const int64_t m_blocks = (max_seqlen_q + bwd_block_m(bucket) - 1) / bwd_block_m(bucket);
-        semaphore = at::zeros({p.shape.batch, q.size(1), m_blocks}, q.options().dtype(at::kInt));
-        p.dq_semaphore = semaphore.data_ptr<int>();
-    }
+    // The dQ counters: the deterministic turns, or the first-store tickets; a few bytes per 64 query rows and head.
+    const int64_t m_blocks = (max_seqlen_q + bwd_block_m(bucket) - 1) / bwd_block_m(bucket);
+    at::Tensor semaphore = at::zeros({p.shape.batch, q.size(1), m_blocks}, q.options().dtype(at::kInt));
+    p.dq_semaphore = semaphore.data_ptr<int>();
     p.out = out.data_ptr();
     p.o_row_stride = out.stride(0);
     p.o_head_stride = out.stride(1);

@@ -14,6 +14,13 @@ def test_short_name_drops_template_arguments_and_cuts():
     assert kb.short_name("a<b<c>>d" * 20, width=10) == "ad" * 5
 
 
+def test_short_name_of_a_mangled_name_is_its_scope():
+    # what torch.profiler reports for the sm90 backward, whose template arguments it does not demangle
+    name = "_ZN15flash_tree_attn4sm9010bwd_kernelINS0_9BwdTraitsILi128EN7cutlass10bfloat16_tEEELb1EN4cute9TiledCopy"
+    assert kb.short_name(name) == "flash_tree_attn::sm90::bwd_kernel"
+    assert kb.mangled_scope("void f<int>()") is None
+
+
 def test_summary_orders_kernels_and_shares_add_up():
     us = {"fwd": 4000.0, "bwd": 12000.0, "fill": 400.0}  # over 2 calls
     lines = kb.summarize("wl", 1234, 10.0, us, iters=2)

@@ -21,8 +21,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 DEFAULT = "grpo_P1024_n16_R2048,deep_64nodes_128to1024,grpo_P4096_n8_R1024,grpo_P8192_n4_R512,chain_causal_16384"
 
 
+def mangled_scope(name: str) -> str | None:
+    """The nested name (a::b::c) at the start of an Itanium-mangled name (_ZN<len><id>...), which the profiler
+    reports for kernels whose template arguments are too long for it to demangle (the sm90 backward's TMA
+    descriptor types); None for other names."""
+    if not name.startswith("_ZN"):
+        return None
+    parts, i = [], 3
+    while i < len(name) and name[i].isdigit():
+        j = i
+        while j < len(name) and name[j].isdigit():
+            j += 1
+        length = int(name[i:j])
+        parts.append(name[j : j + length])
+        i = j + length
+    return "::".join(parts) if parts else None
+
+
 def short_name(name: str, width: int = 70) -> str:
     """A kernel's name without its template arguments, cut to `width`."""
+    scope = mangled_scope(name)
+    if scope is not None:
+        return scope[:width]
     depth, out = 0, []
     for ch in name:
         if ch == "<":

@@ -145,44 +145,109 @@ __forceinline__ __device__ void produce_bwd(const BwdParams &params, const SeqMa
     TxBarrier::arrive(&smem.q_full[cur.stage]);
 }
 
+// First stores (params.dq_first_store): every (query head, query block) has a ticket counter (a dq_semaphore slot,
+// zeroed by the binding). The writer that draws ticket 0 stores its tile instead of adding it, so nothing has to
+// zero the accumulator beforehand, and marks the counter once the store is complete; the other writers wait for
+// that mark before they add. The holder of ticket 0 needs only its own CTA's consumers to finish the store (it
+// drew the ticket after its previous items were done), so every wait ends. A counter left at zero tells the
+// conversion that no key block reached the block (bwd_prepost.h).
+constexpr int kDqStored = 1 << 30;
+__forceinline__ __device__ void wait_dq_stored(const int *counter) {
+    while ((load_acquire(counter) & kDqStored) == 0) {
+    }
+}
+__forceinline__ __device__ void mark_dq_stored(int *counter) {
+    asm volatile("red.release.gpu.global.or.b32 [%0], %1;" ::"l"(counter), "r"(kDqStored) : "memory");
+}
+
 // dQ writer warp: adds every dQ tile the consumers hand over to the fp32 accumulator with one TMA reduce-add
 // (its rows past the sequence hold zeros, those queries being masked, so the adds they make to the next
-// sequence's rows change nothing; rows past the array are clipped), and frees the buffer once TMA has read it.
+// sequence's rows change nothing, or land before that sequence's first store overwrites them; rows past the
+// array are clipped), or stores it when it is the block's first (above), and frees the buffer once TMA has read
+// it.
 // It walks the work items itself (for_each_query_tile), in the order the consumers process them. In the
 // deterministic mode each add waits for its turn (dq_order.h) and passes it on once complete, not only read;
 // the zeros added to the next sequence's rows come outside that sequence's order and still change no bit (an
 // accumulator zeroed to +0 never holds -0, and adding +0 or -0 changes no other value).
-template <typename Traits, class TmaDQ, class Storage>
+template <typename Traits, class TmaDQ, class TmaDQStore, class Storage>
 __forceinline__ __device__ void write_dq(const BwdParams &params, const SeqMaskInfo &seq, Storage &smem,
-                                         TmaDQ const &tma_dq, int n_block, int head_kv, int batch, int q_offset) {
+                                         TmaDQ const &tma_dq, TmaDQStore const &tma_dq_store, int n_block,
+                                         int head_kv, int batch, int q_offset) {
+    constexpr int kBlockM = Traits::kBlockM;
+    constexpr int kHeadDim = Traits::kHeadDim;
+    static_assert(kBlockM == kBwdSemaphoreBlockM, "the conversion reads the counters of 64-row query blocks");
     constexpr uint32_t kHandshake = Traits::kConsumerThreads + 32;
     const auto &sh = params.shape;
-    Tensor mdQ = tma_dq.get_tma_tensor(make_shape(sh.total_q, Int<Traits::kHeadDim>{}, sh.num_heads_q));
+    const int lane = threadIdx.x % 32;
+    const int m_slots = ceil_div(sh.max_seqlen_q, kBlockM);
+    Tensor mdQ = tma_dq.get_tma_tensor(make_shape(sh.total_q, Int<kHeadDim>{}, sh.num_heads_q));
     cutlass::arch::NamedBarrier::arrive(kHandshake, kDqEmpty + 0);  // both buffers start free
     cutlass::arch::NamedBarrier::arrive(kHandshake, kDqEmpty + 1);
     int b = 0;
     auto add_tile = [&](int head, int m_block, TileKind) {
-        DqTurn turn{};
+        // The query block's counter and, in the deterministic mode, the value that lets this add go (dq_order.h),
+        // otherwise the first-store ticket drawn (lane 0; -1 without one: add). One pair for both, as the warp
+        // has few registers (Traits::kProducerRegs).
+        DqTurn turn{nullptr, -1};
         if (params.deterministic) {  // found while the consumers still compute the tile
-            turn = dq_turn<Traits::kBlockM, Traits::kBlockN>(params, seq, batch, head, m_block, n_block);
+            turn = dq_turn<kBlockM, Traits::kBlockN>(params, seq, batch, head, m_block, n_block);
+        } else if (params.dq_first_store && m_block < m_slots) {  // (a call understating max_seqlen_q adds)
+            turn.counter = params.dq_semaphore + (int64_t(batch) * sh.num_heads_q + head) * m_slots + m_block;
+            if (lane == 0) {  // also while the consumers still compute the tile
+                turn.ready_value = atomicAdd(turn.counter, 1);
+                if (turn.ready_value > 0) {
+                    wait_dq_stored(turn.counter);
+                    fence_proxy_async_global();  // the first store, seen here, comes before this add
+                }
+            }
+        }
+        const bool first = !params.deterministic && __shfl_sync(0xffffffffu, turn.ready_value, 0) == 0;
+        // A first tile that runs past the sequence is not stored: that would overwrite the next sequence's rows.
+        // The lanes zero the sequence's rows with global stores instead, while the consumers still compute (the
+        // tile in shared memory is read by TMA only), and the tile is added to them.
+        const bool store = first && (m_block + 1) * kBlockM <= seq.seqlen_q;
+        if (first && !store) {
+            constexpr int kPieces = kHeadDim / 4;  // 16 bytes each
+            const int rows = seq.seqlen_q - m_block * kBlockM;
+            const int64_t row_stride = int64_t(sh.num_heads_q) * kHeadDim;
+            float *dst = params.dq_accum + int64_t(q_offset + m_block * kBlockM) * row_stride + int64_t(head) * kHeadDim;
+            for (int piece = lane; piece < rows * kPieces; piece += 32) {
+                *reinterpret_cast<float4 *>(dst + (piece / kPieces) * row_stride + (piece % kPieces) * 4) =
+                    make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+            __threadfence();             // the zeros before the mark, for the other writers
+            fence_proxy_async_global();  // and before this writer's reduce-add
+            __syncwarp();
+            if (lane == 0) mark_dq_stored(turn.counter);
         }
         cutlass::arch::NamedBarrier::sync(kHandshake, kDqFull + b);
-        if (threadIdx.x % 32 == 0) {
-            if (params.deterministic) {
-                wait_turn(turn);
-                fence_proxy_async_global();  // the predecessor's adds, seen here, come before this one's
+        Tensor sdQ = make_tensor(make_smem_ptr(smem.dq[b]), typename Traits::SmemLayoutdQ{});
+        if (lane == 0 && params.deterministic) {
+            wait_turn(turn);
+            fence_proxy_async_global();  // the predecessor's adds, seen here, come before this one's
+        }
+        if (lane == 0) {
+            auto issue = [&](auto const &tma) {
+                Tensor gdQ = local_tile(domain_offset(make_coord(q_offset, _0{}), mdQ(_, _, head)),
+                                        Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m_block, _0{}));
+                auto [tdQgdQ, tdQsdQ] =
+                    tma_partition(tma, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sdQ), group_modes<0, 2>(gdQ));
+                copy(tma, tdQsdQ, tdQgdQ);
+            };
+            if (store) {
+                issue(tma_dq_store);
+            } else {
+                issue(tma_dq);
             }
-            Tensor sdQ = make_tensor(make_smem_ptr(smem.dq[b]), typename Traits::SmemLayoutdQ{});
-            Tensor gdQ = local_tile(domain_offset(make_coord(q_offset, _0{}), mdQ(_, _, head)),
-                                    Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>{}, make_coord(m_block, _0{}));
-            auto [tdQgdQ, tdQsdQ] = tma_partition(tma_dq, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sdQ),
-                                                  group_modes<0, 2>(gdQ));
-            copy(tma_dq, tdQsdQ, tdQgdQ);
-            tma_store_arrive();  // commit the reduce-add
-            if (params.deterministic) {
-                bulk_wait_complete();  // the adds are done in L2, not only read from shared memory
+            tma_store_arrive();  // commit the store or reduce-add
+            if (params.deterministic || store) {
+                bulk_wait_complete();  // the writes are done in L2, not only read from shared memory
                 fence_proxy_async_global();
-                pass_turn(turn, n_block);
+                if (params.deterministic) {
+                    pass_turn(turn, n_block);
+                } else {
+                    mark_dq_stored(turn.counter);
+                }
             } else {
                 tma_store_wait<0>();  // wait until it has read shared memory
             }
@@ -191,7 +256,7 @@ __forceinline__ __device__ void write_dq(const BwdParams &params, const SeqMaskI
         cutlass::arch::NamedBarrier::arrive(kHandshake, kDqEmpty + b);
         b ^= 1;
     };
-    for_each_query_tile<Traits::kBlockM, Traits::kBlockN>(params, seq, n_block, head_kv, add_tile);
+    for_each_query_tile<kBlockM, Traits::kBlockN>(params, seq, n_block, head_kv, add_tile);
     bulk_wait_complete();  // writes complete before the CTA retires
 }
 
@@ -375,11 +440,13 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     store(sV, params.dv, params.dv_row_stride, params.dv_head_stride);
 }
 
-template <typename Traits, bool kCausal, class TmaQ, class TmaDO, class TmaK, class TmaV, class TmaDQ>
+template <typename Traits, bool kCausal, class TmaQ, class TmaDO, class TmaK, class TmaV, class TmaDQ,
+          class TmaDQStore>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     bwd_kernel(const __grid_constant__ BwdParams params, const __grid_constant__ TmaQ tma_q,
                const __grid_constant__ TmaDO tma_do, const __grid_constant__ TmaK tma_k,
-               const __grid_constant__ TmaV tma_v, const __grid_constant__ TmaDQ tma_dq) {
+               const __grid_constant__ TmaV tma_v, const __grid_constant__ TmaDQ tma_dq,
+               const __grid_constant__ TmaDQStore tma_dq_store) {
 #if defined(__CUDA_ARCH__) && !defined(CUTE_ARCH_MMA_SM90A_ENABLED)
     __trap();  // see fwd_kernel: only the sm_90a code is ever launched
 #else
@@ -418,7 +485,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
             produce_bwd<Traits>(params, seq, smem, tma_q, tma_do, tma_k, tma_v, n_block, head_kv, q_offset, k_offset);
         } else if (threadIdx.x < 64) {
             if constexpr (!Traits::kSplitHeadDim) {
-                write_dq<Traits>(params, seq, smem, tma_dq, n_block, head_kv, batch, q_offset);
+                write_dq<Traits>(params, seq, smem, tma_dq, tma_dq_store, n_block, head_kv, batch, q_offset);
             }
         }
     } else {

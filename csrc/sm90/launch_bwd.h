@@ -20,6 +20,9 @@ const char *run_sm90_bwd(BwdParams &params, cudaStream_t stream) {
     const int64_t rows = int64_t(sh.total_q) * sh.num_heads_q;
     const int prepost_blocks = int((rows * kPrepostThreadsPerRow + kPrepostThreads - 1) / kPrepostThreads);
     if (prepost_blocks == 0) return nullptr;
+    // The kernel that adds dQ by TMA stores each (query head, query block)'s first tile; the deterministic mode
+    // keeps the zeroed accumulator, whose +0 the order's argument relies on (write_dq).
+    params.dq_first_store = !Traits::kSplitHeadDim && !params.deterministic;
     bwd_dot_do_o_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params, kHeadDim);
 
     const int64_t ctas = bwd_grid_size<Traits::kBlockN>(params);
@@ -42,23 +45,25 @@ const char *run_sm90_bwd(BwdParams &params, cudaStream_t stream) {
         auto tma_v = make_tma_copy(SM90_TMA_LOAD{},
                                    packed(params.v, sh.total_k, sh.num_heads_kv, params.v_row_stride, params.v_head_stride),
                                    typename Traits::SmemLayoutK{}, KTile{}, _1{});
-        // The fp32 dQ accumulator, (tokens, bucket, heads): the target of the writer warp's reduce-adds. The
-        // kernel that splits the head dim adds to it from registers and gets no descriptor.
-        auto tma_dq = [&] {
+        // The fp32 dQ accumulator, (tokens, bucket, heads): the target of the writer warp's reduce-adds and first
+        // stores. The kernel that splits the head dim adds to it from registers and gets no descriptors.
+        auto dq_accum_tma = [&](auto op) {
             if constexpr (Traits::kSplitHeadDim) {
                 return sm90::NoTmaDescriptor{};
             } else {
                 Tensor dq_accum =
                     make_tensor(make_gmem_ptr(params.dq_accum), make_shape(sh.total_q, Int<kHeadDim>{}, sh.num_heads_q),
                                 make_stride(int64_t(sh.num_heads_q) * kHeadDim, _1{}, int64_t(kHeadDim)));
-                return make_tma_copy(SM90_TMA_REDUCE_ADD{}, dq_accum, typename Traits::SmemLayoutdQ{}, QTile{}, _1{});
+                return make_tma_copy(op, dq_accum, typename Traits::SmemLayoutdQ{}, QTile{}, _1{});
             }
-        }();
+        };
+        auto tma_dq = dq_accum_tma(SM90_TMA_REDUCE_ADD{});
+        auto tma_dq_store = dq_accum_tma(SM90_TMA_STORE{});
         auto kernel = &sm90::bwd_kernel<Traits, kCausal, decltype(tma_q), decltype(tma_do), decltype(tma_k),
-                                        decltype(tma_v), decltype(tma_dq)>;
+                                        decltype(tma_v), decltype(tma_dq), decltype(tma_dq_store)>;
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes);
         kernel<<<dim3(unsigned(ctas)), Traits::kNThreads, Traits::kSmemBytes, stream>>>(params, tma_q, tma_do, tma_k, tma_v,
-                                                                                         tma_dq);
+                                                                                         tma_dq, tma_dq_store);
     }
     bwd_convert_dq_kernel<Element><<<prepost_blocks, kPrepostThreads, 0, stream>>>(params, kHeadDim);
     return nullptr;
