@@ -11,7 +11,10 @@ Printed: the finish time with deterministic=True over the time without it, per i
   qblock    every head of one query block, then the next block (the deterministic backward's order)
   windowW   windows of W query blocks aligned on multiples of W, head by head inside a window
 The model has no memory system: an order's cost in locality (bench_results/RESULTS.md, 2026-12-02: query block by
-query block ran 1.4-5.6% slower without deterministic=True) is not in it.
+query block ran 1.4-5.6% slower without deterministic=True) is not in it, nor the cost of the code that walks an
+order (twenty-sixth session: windows of 16, the model's pick, gained 0.7-3.5% on the trees through a runtime knob
+and lost 0.4-4.4% compiled in, a build that also changed the dQ writer; the producer warpgroup has 24 registers
+per thread).
 
     python tools/det_order_model.py [--workloads a,b] [--orders head,qblock,window16] [--add-latency 0.3]
 """
@@ -55,15 +58,23 @@ def items(query_blocks: list[int], heads: range, order: str) -> list[tuple[int, 
     raise ValueError(f"unknown order {order!r}")
 
 
-def finish_time(nonempty: np.ndarray, order: str, deterministic: bool, group: int, kv_heads: int, sms: int,
-                add_latency: float) -> float:
-    """Model time (in items) at which the last CTA ends; nonempty is the (query block, key block) tile map."""
-    prev = {}  # (query block, key block) -> the key block adding just before it, or -1
+def predecessors(nonempty: np.ndarray) -> dict[tuple[int, int], int]:
+    """(query block, key block) -> the key block adding just before it in the deterministic order, or -1."""
+    prev = {}
     for m in range(nonempty.shape[0]):
         last = -1
         for n in np.nonzero(nonempty[m])[0]:
             prev[(m, int(n))] = last
             last = int(n)
+    return prev
+
+
+def finish_time(nonempty: np.ndarray, order: str, deterministic: bool, group: int, kv_heads: int, sms: int,
+                add_latency: float, prev: dict[tuple[int, int], int] | None = None) -> float:
+    """Model time (in items) at which the last CTA ends; nonempty is the (query block, key block) tile map, prev
+    its predecessors(), computed here when not given and deterministic."""
+    if deterministic and prev is None:
+        prev = predecessors(nonempty)
     free = [0.0] * sms
     added = {}  # (query head, query block, key block) -> time its add completes
     launched = finish = 0.0
@@ -91,7 +102,8 @@ def model(name: str, orders: list[str], sms: int, add_latency: float) -> dict[st
     nonempty = tile_visible_counts(start_q, end_k, BLOCK_M, BLOCK_N) > 0
     args = dict(group=hq // hkv, kv_heads=hkv, sms=sms, add_latency=add_latency)
     base = finish_time(nonempty, "head", False, **args)
-    return {order: finish_time(nonempty, order, True, **args) / base for order in orders}
+    prev = predecessors(nonempty)
+    return {order: finish_time(nonempty, order, True, prev=prev, **args) / base for order in orders}
 
 
 def main(argv=None) -> int:
