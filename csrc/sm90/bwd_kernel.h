@@ -210,7 +210,8 @@ __forceinline__ __device__ void write_dq(const BwdParams &params, const SeqMaskI
             constexpr int kPieces = kHeadDim / 4;  // 16 bytes each
             const int rows = seq.seqlen_q - m_block * kBlockM;
             const int64_t row_stride = int64_t(sh.num_heads_q) * kHeadDim;
-            float *dst = params.dq_accum + int64_t(q_offset + m_block * kBlockM) * row_stride + int64_t(head) * kHeadDim;
+            float *dst =
+                params.dq_accum + int64_t(q_offset + m_block * kBlockM) * row_stride + int64_t(head) * kHeadDim;
             for (int piece = lane; piece < rows * kPieces; piece += 32) {
                 *reinterpret_cast<float4 *>(dst + (piece / kPieces) * row_stride + (piece % kPieces) * 4) =
                     make_float4(0.f, 0.f, 0.f, 0.f);
