@@ -70,7 +70,7 @@ __device__ __forceinline__ bool dq_rows_written(const BwdParams &p, int token, i
     const int m_block = (token - p.cu_seqlens_q[lo]) / kBwdSemaphoreBlockM;
     const int m_slots = ceil_div(p.shape.max_seqlen_q, kBwdSemaphoreBlockM);
     // A block past max_seqlen_q (a call that understates it) has no counter and reads as written.
-    return m_block >= m_slots || p.dq_semaphore[(int64_t(lo) * p.shape.num_heads_q + head) * m_slots + m_block] != 0;
+    return m_block >= m_slots || *dq_counter(p, m_slots, lo, head, m_block) != 0;
 }
 
 template <typename Element>

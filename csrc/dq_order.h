@@ -42,7 +42,7 @@ __device__ __forceinline__ DqTurn dq_turn(const BwdParams &p, const SeqMaskInfo 
                                           int n_block) {
     static_assert(kBlockM % kBwdSemaphoreBlockM == 0, "the counters are allocated per kBwdSemaphoreBlockM rows");
     const int m_slots = ceil_div(p.shape.max_seqlen_q, kBlockM);
-    int *counter = p.dq_semaphore + (int64_t(batch) * p.shape.num_heads_q + head) * m_slots + m_block;
+    int *counter = dq_counter(p, m_slots, batch, head, m_block);
     int prev;
     if (p.tree_start_q != nullptr) {
         prev = prev_key_block<kBlockM, kBlockN>(seq, m_block, n_block);

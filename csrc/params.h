@@ -101,4 +101,10 @@ struct BwdParams : FwdParams {
     bool dq_first_store = false;
 };
 
+// The dQ counter of (sequence, query head, query block) when each head has m_slots of them (dq_order.h, the sm90
+// writer's first-store tickets, the conversion).
+__host__ __device__ inline int *dq_counter(const BwdParams &p, int m_slots, int batch, int head, int m_block) {
+    return p.dq_semaphore + (int64_t(batch) * p.shape.num_heads_q + head) * m_slots + m_block;
+}
+
 }  // namespace flash_tree_attn

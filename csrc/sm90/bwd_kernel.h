@@ -192,7 +192,7 @@ __forceinline__ __device__ void write_dq(const BwdParams &params, const SeqMaskI
         if (params.deterministic) {  // found while the consumers still compute the tile
             turn = dq_turn<kBlockM, Traits::kBlockN>(params, seq, batch, head, m_block, n_block);
         } else if (params.dq_first_store && m_block < m_slots) {  // (a call understating max_seqlen_q adds)
-            turn.counter = params.dq_semaphore + (int64_t(batch) * sh.num_heads_q + head) * m_slots + m_block;
+            turn.counter = dq_counter(params, m_slots, batch, head, m_block);
             if (lane == 0) {  // also while the consumers still compute the tile
                 turn.ready_value = atomicAdd(turn.counter, 1);
                 if (turn.ready_value > 0) {
