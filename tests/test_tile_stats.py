@@ -31,3 +31,30 @@ def test_siblings_leave_empty_tiles():
     assert s["tiles_per_query_block"].tolist() == [1, 2, 3, 2, 3]
     assert s["tiles_per_key_block"].tolist() == [5, 2, 1, 2, 1]
     assert np.isclose(s["visible_fraction"], s["visible_pairs"] / s["tile_area"])
+
+
+def test_quarters_of_the_diagonal_tiles():
+    # A chain of 256 tokens in 128 x 128 tiles: 3 non-empty tiles, of which the 2 diagonal ones have their upper
+    # right quarter (rows 0-63, keys 64-127) above the diagonal.
+    start_q, end_k = ts.tree_arrays([(-1, 256)])
+    q = ts.part_stats(start_q, end_k, 128, 128)
+    assert (q["tiles"], q["parts"], q["empty_parts"]) == (3, 12, 2)
+    assert q["part_area"] == (3 * 4 - 2) * 64 * 64
+    assert np.isclose(q["visible_fraction"], 256 * 257 // 2 / q["part_area"])
+
+
+def test_quarters_of_a_sibling_tile():
+    # Two responses of 64 tokens after a 128-token prompt: in the tile (query rows 128-255, keys 128-255) the
+    # second response's rows (192-255) do not see the first response's keys (128-191), nor the first response's
+    # rows the second's keys (above the diagonal).
+    segs = [(-1, 128), (0, 64), (0, 64)]
+    start_q, end_k = ts.tree_arrays(segs)
+    q = ts.part_stats(start_q, end_k, 128, 128)
+    assert (q["tiles"], q["empty_parts"]) == (3, 3)
+    assert np.isclose(q["visible_fraction"], bl.count_pairs(segs) / q["part_area"])
+    # Key halves of 64 x 128 tiles (the backward's warpgroups): 6 non-empty tiles; unseen are keys 64-127 by rows
+    # 0-63 (diagonal), keys 192-255 by the first response's rows and keys 128-191 by the second's (siblings).
+    h = ts.part_stats(start_q, end_k, 64, 128, 1, 2)
+    assert (h["tiles"], h["parts"], h["empty_parts"]) == (6, 12, 3)
+    assert h["part_area"] == 9 * 64 * 64
+    assert np.isclose(h["visible_fraction"], bl.count_pairs(segs) / h["part_area"])

@@ -10,6 +10,7 @@ a CTA has fewer tiles.
 
     python tools/tile_stats.py                       # every workload, the tile shapes of both kernel paths
     python tools/tile_stats.py --workloads deep_64nodes_128to1024 --tiles 128x128
+    python tools/tile_stats.py --tiles 128x128 --parts 2x2   # and the quarters of the tiles that no pair reaches
 """
 from __future__ import annotations
 
@@ -69,10 +70,29 @@ def tile_stats(start_q, end_k, block_m: int, block_n: int) -> dict:
             "tiles_per_query_block": nonempty.sum(axis=1), "tiles_per_key_block": nonempty.sum(axis=0)}
 
 
+def part_stats(start_q, end_k, block_m: int, block_n: int, row_parts: int = 2, col_parts: int = 2) -> dict:
+    """The non-empty block_m x block_n tiles cut into row_parts x col_parts parts: how many parts hold no visible
+    pair, and the visible fraction of the non-empty parts' area, i.e. of the work left if a kernel skipped the parts
+    no pair reaches. 2 x 2 are the quarters of the sm90 forward's tiles, whose two warpgroups own row halves; 1 x 2
+    the halves of the sm90 backward's, whose warpgroups own key halves."""
+    pm, pn = block_m // row_parts, block_n // col_parts
+    counts = tile_visible_counts(start_q, end_k, pm, pn)
+    tm, tn = -(-counts.shape[0] // row_parts), -(-counts.shape[1] // col_parts)
+    counts = np.pad(counts, ((0, tm * row_parts - counts.shape[0]), (0, tn * col_parts - counts.shape[1])))
+    seen = counts.reshape(tm, row_parts, tn, col_parts) > 0
+    tiles = seen.any(axis=(1, 3))
+    empty = int((tiles[:, None, :, None] & ~seen).sum())
+    area = int(seen.sum()) * pm * pn
+    return {"tiles": int(tiles.sum()), "parts": int(tiles.sum()) * row_parts * col_parts, "empty_parts": empty,
+            "part_area": area, "visible_fraction": int(counts.sum()) / max(area, 1)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workloads", help="comma-separated names (default: all of tools/workloads.json)")
     ap.add_argument("--tiles", help="comma-separated MxN tile shapes (default: the kernels' head-dim-128 tiles)")
+    ap.add_argument("--parts", help="RxC: also the parts of the non-empty tiles (R x C to a tile) that no visible pair "
+                    "reaches (part_stats); 2x2 for the sm90 forward's warpgroups, 1x2 for the backward's")
     args = ap.parse_args(argv)
     names = args.workloads.split(",") if args.workloads else bl.workload_names()
     tiles = KERNEL_TILES
@@ -86,6 +106,11 @@ def main(argv=None) -> int:
             per_cta = s["tiles_per_key_block"] if per_key_block else s["tiles_per_query_block"]
             print(f"{name:26s} {f'{label} {bm}x{bn}':16s} {s['visible_fraction']:8.3f} {s['full']:7d} {s['partial']:7d}  "
                   f"mean {per_cta.mean():5.1f}, max {per_cta.max()}", flush=True)
+            if args.parts:
+                rp, cp = map(int, args.parts.lower().split("x"))
+                q = part_stats(start_q, end_k, bm, bn, rp, cp)
+                print(f"{'':26s} {f'  parts {rp}x{cp}':16s} {q['visible_fraction']:8.3f}  {q['empty_parts']} of "
+                      f"{q['parts']} parts empty ({100 * q['empty_parts'] / max(q['parts'], 1):.1f}%)", flush=True)
     return 0
 
 
