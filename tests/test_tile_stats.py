@@ -44,9 +44,9 @@ def test_quarters_of_the_diagonal_tiles():
 
 
 def test_quarters_of_a_sibling_tile():
-    # Two responses of 64 tokens after a 128-token prompt: in the tile (query rows 128-255, keys 128-255) the
-    # second response's rows (192-255) do not see the first response's keys (128-191), nor the first response's
-    # rows the second's keys (above the diagonal).
+    # Two responses of 64 tokens after a 128-token prompt, 3 non-empty 128 x 128 tiles. Empty quarters: rows 0-63 x
+    # keys 64-127 (above the diagonal), and in the tile of rows and keys 128-255 the first response's rows x the
+    # second's keys (above the diagonal) and the second response's rows x the first's keys (siblings).
     segs = [(-1, 128), (0, 64), (0, 64)]
     start_q, end_k = ts.tree_arrays(segs)
     q = ts.part_stats(start_q, end_k, 128, 128)

@@ -73,8 +73,9 @@ def tile_stats(start_q, end_k, block_m: int, block_n: int) -> dict:
 def part_stats(start_q, end_k, block_m: int, block_n: int, row_parts: int = 2, col_parts: int = 2) -> dict:
     """The non-empty block_m x block_n tiles cut into row_parts x col_parts parts: how many parts hold no visible
     pair, and the visible fraction of the non-empty parts' area, i.e. of the work left if a kernel skipped the parts
-    no pair reaches. 2 x 2 are the quarters of the sm90 forward's tiles, whose two warpgroups own row halves; 1 x 2
-    the halves of the sm90 backward's, whose warpgroups own key halves."""
+    no pair reaches (parts past the end of the sequence among them). 2 x 2 are the quarters of the sm90 forward's
+    tiles, whose two warpgroups own row halves; 1 x 2 the halves of the sm90 backward's, whose warpgroups own key
+    halves."""
     pm, pn = block_m // row_parts, block_n // col_parts
     counts = tile_visible_counts(start_q, end_k, pm, pn)
     tm, tn = -(-counts.shape[0] // row_parts), -(-counts.shape[1] // col_parts)
