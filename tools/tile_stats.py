@@ -96,6 +96,7 @@ def main(argv=None) -> int:
                     "reaches (part_stats); 2x2 for the sm90 forward's warpgroups, 1x2 for the backward's")
     args = ap.parse_args(argv)
     names = args.workloads.split(",") if args.workloads else bl.workload_names()
+    parts = tuple(map(int, args.parts.lower().split("x"))) if args.parts else None
     tiles = KERNEL_TILES
     if args.tiles:
         tiles = [(t, *map(int, t.lower().split("x")), False) for t in args.tiles.split(",")]
@@ -107,8 +108,8 @@ def main(argv=None) -> int:
             per_cta = s["tiles_per_key_block"] if per_key_block else s["tiles_per_query_block"]
             print(f"{name:26s} {f'{label} {bm}x{bn}':16s} {s['visible_fraction']:8.3f} {s['full']:7d} {s['partial']:7d}  "
                   f"mean {per_cta.mean():5.1f}, max {per_cta.max()}", flush=True)
-            if args.parts:
-                rp, cp = map(int, args.parts.lower().split("x"))
+            if parts:
+                rp, cp = parts
                 q = part_stats(start_q, end_k, bm, bn, rp, cp)
                 print(f"{'':26s} {f'  parts {rp}x{cp}':16s} {q['visible_fraction']:8.3f}  {q['empty_parts']} of "
                       f"{q['parts']} parts empty ({100 * q['empty_parts'] / max(q['parts'], 1):.1f}%)", flush=True)
