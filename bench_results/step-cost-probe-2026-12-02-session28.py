@@ -1,5 +1,11 @@
-# Per-step cost of the sm90 backward across head layouts and masks: GQA vs MHA, tree arrays vs plain causal.
-# Prints per config: wall fwd / f+b (do_bench), profiled kernel ms (fwd, bwd, elementwise), bwd us per step per SM.
+# The sm90 backward's cost per step (bench_results/RESULTS.md, 2026-12-02, twenty-eighth session), run from the
+# repository root with the extension in flash_tree_attn/:
+#     python3 bench_results/step-cost-probe-2026-12-02-session28.py layouts [NAME,NAME]   # call 1: head layouts, masks
+#     python3 bench_results/step-cost-probe-2026-12-02-session28.py orders [NAME,NAME]    # call 4: MHA trees, batches
+# Per case: wall forward and forward+backward (do_bench, L2 flushed), the kernels' GPU time under torch.profiler, the
+# backward's us per step per SM (non-empty 64 x 128 tiles x query heads / SMs), kernel-level useful TFLOP/s, and the SM
+# clock and power nvidia-smi sampled during the forward+backward loop. `tiles` precomputes the trees' tile counts
+# (CPU) into order-probe-tiles.json in the working directory.
 import sys, os, subprocess, statistics, shutil
 from collections import defaultdict
 sys.path.insert(0, "tools")
@@ -11,27 +17,38 @@ import bench_lib as bl
 from tile_stats import tile_stats
 from kernel_breakdown import short_name
 
+import json
+TILES = json.load(open('order-probe-tiles.json')) if os.path.exists('order-probe-tiles.json') else {}
 SMS = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 132
 
 def causal_tiles(L, bm=64, bn=128):
     return sum((min(bm * m + bm, L) - 1) // bn + 1 for m in range(-(-L // bm)))
 
-def run(label, B, L, hq, hkv, tree=None, rep=300, iters=10):
+def run(label, B, L, hq, hkv, tree=None, trees=None, rep=300, iters=10):
+    if trees is not None:
+        tree = tuple(trees)
     d = 128
     if tree is not None:
-        segs = bl.build_workload(tree) if isinstance(tree, str) else tree
-        lay = fta_tree.layout_from_segments([segs], device=None)
-        L = lay.start_q.numel(); B = 1
-        tiles = int(tile_stats(lay.start_q, lay.end_k, 64, 128)["full"] + tile_stats(lay.start_q, lay.end_k, 64, 128)["partial"])
+        trees = [bl.build_workload(t) if isinstance(t, str) else t for t in (tree if isinstance(tree, tuple) else [tree])]
+        lay = fta_tree.layout_from_segments(trees, device=None)
+        tiles, pairs = 0, 0
+        for t in trees:
+            key = repr(t)
+            if key not in TILES:
+                l1 = fta_tree.layout_from_segments([t], device=None)
+                st = tile_stats(l1.start_q, l1.end_k, 64, 128)
+                TILES[key] = int(st["full"] + st["partial"])
+            tiles += TILES[key]; pairs += bl.count_pairs(t)
         sq, ek = lay.start_q.cuda().int(), lay.end_k.cuda().int()
-        pairs = bl.count_pairs(segs)
+        B = len(trees); L = max(sum(x for _, x in t) for t in trees)
+        cu_t = lay.cu_seqlens.cuda().int()
     else:
         tiles = causal_tiles(L) * B; sq = ek = None
         pairs = B * L * (L + 1) // 2
-    n = B * L
+    n = B * L if tree is None else int(lay.cu_seqlens[-1])
     q = torch.randn(n, hq, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     k, v = (torch.randn(n, hkv, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
-    cu = torch.arange(0, (B + 1) * L, L, device="cuda", dtype=torch.int32)
+    cu = torch.arange(0, (B + 1) * L, L, device="cuda", dtype=torch.int32) if tree is None else cu_t
     g = torch.randn_like(q)
     def fwd():
         return fta.flash_attn_varlen_func(q, k, v, cu, cu, L, L, causal=True, tree_dfs_order_start_q=sq, tree_dfs_order_end_k=ek)
@@ -73,18 +90,43 @@ def run(label, B, L, hq, hkv, tree=None, rep=300, iters=10):
     del q, k, v, g
     torch.cuda.empty_cache()
 
-which = sys.argv[1] if len(sys.argv) > 1 else "all"
+which = sys.argv[1] if len(sys.argv) > 1 else "layouts"
+names = sys.argv[2].split(",") if len(sys.argv) > 2 else None
 chain = [(-1, 16384)]
-cfgs = [
-    ("chain_tree", dict(B=1, L=16384, hq=32, hkv=8, tree=chain)),
-    ("chain_plain", dict(B=1, L=16384, hq=32, hkv=8)),
-    ("chain_mha_plain", dict(B=1, L=16384, hq=32, hkv=32)),
-    ("chain_mha_tree", dict(B=1, L=16384, hq=32, hkv=32, tree=chain)),
-    ("dense_row", dict(B=4, L=16384, hq=16, hkv=16)),
-    ("dense_gqa4", dict(B=4, L=16384, hq=16, hkv=4)),
-    ("P1024_tree", dict(B=1, L=0, hq=32, hkv=8, tree="grpo_P1024_n16_R2048")),
-    ("P1024_mha_tree", dict(B=1, L=0, hq=32, hkv=32, tree="grpo_P1024_n16_R2048")),
-]
-for label, kw in cfgs:
-    if which == "all" or label in which.split(","):
+def grpo(p, n, r): return [(-1, p)] + [(0, r)] * n
+SETS = {
+    "layouts": [
+        ("chain_tree", dict(B=1, L=16384, hq=32, hkv=8, tree=chain)),
+        ("chain_plain", dict(B=1, L=16384, hq=32, hkv=8)),
+        ("chain_mha_plain", dict(B=1, L=16384, hq=32, hkv=32)),
+        ("chain_mha_tree", dict(B=1, L=16384, hq=32, hkv=32, tree=chain)),
+        ("dense_row", dict(B=4, L=16384, hq=16, hkv=16)),
+        ("dense_gqa4", dict(B=4, L=16384, hq=16, hkv=4)),
+        ("P1024_tree", dict(B=1, L=0, hq=32, hkv=8, tree="grpo_P1024_n16_R2048")),
+        ("P1024_mha_tree", dict(B=1, L=0, hq=32, hkv=32, tree="grpo_P1024_n16_R2048")),
+    ],
+    "orders": [
+        ("chain_mha_tree", dict(B=1, L=16384, hq=32, hkv=32, tree=chain)),
+        ("P1024_mha_tree", dict(B=1, L=0, hq=32, hkv=32, tree="grpo_P1024_n16_R2048")),
+        ("deep_mha_tree", dict(B=1, L=0, hq=32, hkv=32, tree="deep_64nodes_128to1024")),
+        ("4xP4096_gqa", dict(B=1, L=0, hq=32, hkv=8, trees=("grpo_P4096_n8_R1024",) * 4)),
+        ("8xP1024n8R512", dict(B=1, L=0, hq=32, hkv=8, trees=(grpo(1024, 8, 512),) * 8)),
+        ("2xdeep_gqa", dict(B=1, L=0, hq=32, hkv=8, trees=("deep_64nodes_128to1024",) * 2)),
+        ("P1024_gqa", dict(B=1, L=0, hq=32, hkv=8, tree="grpo_P1024_n16_R2048")),
+        ("chain_gqa", dict(B=1, L=16384, hq=32, hkv=8, tree=chain)),
+    ],
+}
+if which == "tiles":
+    for label, kw in SETS["layouts"] + SETS["orders"]:
+        if kw.get("tree") is not None or kw.get("trees") is not None:
+            for t in (kw["trees"] if kw.get("trees") else [kw["tree"]]):
+                t = bl.build_workload(t) if isinstance(t, str) else t
+                if repr(t) not in TILES:
+                    l1 = fta_tree.layout_from_segments([t], device=None)
+                    st = tile_stats(l1.start_q, l1.end_k, 64, 128)
+                    TILES[repr(t)] = int(st["full"] + st["partial"])
+    json.dump(TILES, open("order-probe-tiles.json", "w"))
+    sys.exit(0)
+for label, kw in SETS[which]:
+    if names is None or label in names:
         run(label, **kw)
