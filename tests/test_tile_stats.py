@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import bench_lib as bl  # noqa: E402
@@ -58,3 +59,9 @@ def test_quarters_of_a_sibling_tile():
     assert (h["tiles"], h["parts"], h["empty_parts"]) == (6, 12, 3)
     assert h["part_area"] == 9 * 64 * 64
     assert np.isclose(h["visible_fraction"], bl.count_pairs(segs) / h["part_area"])
+
+
+def test_parts_that_do_not_divide_the_tile_are_an_error():
+    start_q, end_k = ts.tree_arrays([(-1, 256)])
+    with pytest.raises(ValueError, match="must divide"):
+        ts.part_stats(start_q, end_k, 128, 128, 3, 3)

@@ -76,6 +76,8 @@ def part_stats(start_q, end_k, block_m: int, block_n: int, row_parts: int = 2, c
     no pair reaches (parts past the end of the sequence among them). 2 x 2 are the quarters of the sm90 forward's
     tiles, whose two warpgroups own row halves; 1 x 2 the halves of the sm90 backward's, whose warpgroups own key
     halves."""
+    if row_parts < 1 or col_parts < 1 or block_m % row_parts or block_n % col_parts:
+        raise ValueError(f"parts {row_parts}x{col_parts} must divide the {block_m}x{block_n} tiles evenly")
     pm, pn = block_m // row_parts, block_n // col_parts
     counts = tile_visible_counts(start_q, end_k, pm, pn)
     tm, tn = -(-counts.shape[0] // row_parts), -(-counts.shape[1] // col_parts)
