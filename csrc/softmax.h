@@ -35,10 +35,14 @@ __forceinline__ __device__ float quad_sum(float x) {
 // first column (a constant of the unrolled loop) as the pair's key - query, and a limit per row as the diagonal:
 //   not transposed (rows queries i, columns keys j):  j - i <= diag_local  <=>    j - j0  <= diag_local + i - j0;
 //   transposed (rows keys i, columns queries j):      i - j <= diag_local  <=>  -(j - j0) <= diag_local - i + j0.
-template <bool kTransposed, int kRows, class S, class C, class ColValue>
+// [kColBegin, kColEnd) restricts it to those view columns (by default all); without kCausalTest only the mask values
+// are compared, which is exact where every pair of those columns lies on or below the causal diagonal.
+template <bool kTransposed, bool kCausalTest = true, int kColBegin = 0, int kColEnd = -1, int kRows, class S, class C,
+          class ColValue>
 __forceinline__ __device__ void mask_tile_values(S &scores, C const &coord, int diag_local,
                                                  const int (&row_value)[kRows], ColValue &&col_value) {
     static_assert(decltype(size<0>(scores))::value == kRows);
+    constexpr int kColStop = kColEnd < 0 ? int(decltype(size<1>(scores))::value) : kColEnd;
     const int j0 = get<1>(coord(0, 0));
     int limit[kRows];
 #pragma unroll
@@ -47,13 +51,19 @@ __forceinline__ __device__ void mask_tile_values(S &scores, C const &coord, int 
         limit[r] = kTransposed ? diag_local - i + j0 : diag_local + i - j0;
     }
 #pragma unroll
-    for (int c = 0; c < size<1>(scores); ++c) {
+    for (int c = kColBegin; c < kColStop; ++c) {
         const int dj = get<1>(coord(0, c)) - j0;
         const int value = col_value(c);
 #pragma unroll
         for (int r = 0; r < kRows; ++r) {
-            const bool visible = kTransposed ? masked_pair_visible(-dj, limit[r], value, row_value[r])
-                                             : masked_pair_visible(dj, limit[r], row_value[r], value);
+            bool visible;
+            if constexpr (!kCausalTest) {
+                visible = kTransposed ? mask_values_visible(value, row_value[r])
+                                      : mask_values_visible(row_value[r], value);
+            } else {
+                visible = kTransposed ? masked_pair_visible(-dj, limit[r], value, row_value[r])
+                                      : masked_pair_visible(dj, limit[r], row_value[r], value);
+            }
             if (!visible) scores(r, c) = -INFINITY;
         }
     }

@@ -53,9 +53,13 @@ __host__ __device__ __forceinline__ int key_mask_value_at(bool has_tree, const i
     const bool in_sequence = key < seqlen_k;
     return key_mask_value(in_sequence, (has_tree && in_sequence) ? tree_end[k_offset + key] : kNoTreeEnd);
 }
+// The tree half of the folded test: all a pair needs where its tile part lies on or below the causal diagonal.
+__host__ __device__ __forceinline__ bool mask_values_visible(int query_value, int key_value) {
+    return query_value <= key_value;
+}
 __host__ __device__ __forceinline__ bool masked_pair_visible(int key_minus_query, int diag, int query_value,
                                                              int key_value) {
-    return key_minus_query <= diag && query_value <= key_value;
+    return key_minus_query <= diag && mask_values_visible(query_value, key_value);
 }
 
 }  // namespace flash_tree_attn

@@ -4,8 +4,9 @@ The kernels test a (query, key) pair as masked_pair_visible(key - query, diag, q
 values carry the tree start / end with the sequence bounds folded in (kKeyOutside past the keys' end, optionally
 kQueryOutside past the queries'), and kNoTreeStart / kNoTreeEnd stand for tokens without a tree. This compiles
 the header with the host C++ compiler and checks, over every pair of a grid of indices, diagonals and tree values
-(sentinels included), that the folded test equals key_visible and that an outside query sees nothing, and that
-key_mask_value_at and query_mask_value_at read a key's and a query's value as the kernels need them.
+(sentinels included), that the folded test equals key_visible, that the values alone (mask_values_visible) do on
+and below the causal diagonal, that an outside query sees nothing, and that key_mask_value_at and
+query_mask_value_at read a key's and a query's value as the kernels need them.
 """
 from __future__ import annotations
 
@@ -41,11 +42,16 @@ int main() {
                                                          key_mask_value(col < seqlen_k, end));
                     const bool outside = masked_pair_visible(col - row, diag, query_mask_value(false, start),
                                                              key_mask_value(col < seqlen_k, end));
+                    // On or below the diagonal the values alone decide (the sm90 forward's parts that do not
+                    // cross it).
+                    const bool below = col - row <= diag;
+                    const bool values = mask_values_visible(query_mask_value(true, start),
+                                                            key_mask_value(col < seqlen_k, end));
                     ++checked;
-                    if (want != got || outside) {
+                    if (want != got || outside || (below && values != want)) {
                         ++wrong;
-                        std::printf("diag %d start %d end %d row %d col %d: rule %d folded %d outside %d\n", diag,
-                                    start, end, row, col, want, got, outside);
+                        std::printf("diag %d start %d end %d row %d col %d: rule %d folded %d outside %d values %d\n",
+                                    diag, start, end, row, col, want, got, outside, values);
                     }
                 }
     // key_mask_value_at and query_mask_value_at, the kernels' reads of a key's and a query's value: the batch's

@@ -207,13 +207,34 @@ __forceinline__ __device__ void consume(const FwdParams &params, Storage &smem, 
     Tensor tOrP = make_tensor<Element>(acc_as_a_operand_layout(acc_s.layout()));
 
     // Masks a freshly computed score tile if the producer classified it as partial, with the keys' mask values
-    // of its stage. The kind is read right after k_full; the stage is released only after this.
+    // of its stage, in parts of 64 keys: the causal test only where a part crosses the diagonal for this
+    // warpgroup's rows, elsewhere the mask values alone (mask_tile_values). On deep trees most partial tiles lie
+    // below the diagonal; on the diagonal tile, which every item computes first, a quarter is below it. Classifying
+    // the parts in the producer too, so that full parts skip the mask, held back the stage (bound loads ahead of
+    // k_full) and lost 2% (bench_results/RESULTS.md, twenty-ninth session). The kind is read right after k_full;
+    // the stage is released only after this.
+    const int wg = tid / 128;
     auto mask_if_partial = [&](TileKind kind, int n_block, int s) {
-        if (kind == TileKind::kPartial) {
-            const int *key_value = smem.key_value[s];
-            mask_tile_values</*kTransposed=*/false>(scores, tScS_rc, diag + row0 - n_block * kBlockN, row_value,
-                                                    [&](int c) { return key_value[get<1>(tScS_rc(0, c))]; });
-        }
+        if (kind != TileKind::kPartial) return;
+        const int *key_value = smem.key_value[s];
+        const int diag_local = diag + row0 - n_block * kBlockN;
+        auto key_value_of = [&](int c) { return key_value[get<1>(tScS_rc(0, c))]; };
+        constexpr int kPartKeys = kBlockN % 64 == 0 ? 64 : kBlockN;
+        constexpr int kParts = kBlockN / kPartKeys;
+        constexpr int kPartCols = decltype(size<1>(scores))::value / kParts;
+        // The view's columns run left to right (acc_rowcol): key part h is view columns [h, h + 1) * kPartCols.
+        for_each(make_seq<kParts>{}, [&](auto h_) {
+            constexpr int h = decltype(h_)::value;
+            constexpr int kBegin = h * kPartCols, kEnd = (h + 1) * kPartCols;
+            // The part's last key against this warpgroup's first row: the pair furthest past the diagonal.
+            if ((h + 1) * kPartKeys - 1 - wg * 64 > diag_local) {
+                mask_tile_values</*kTransposed=*/false, /*kCausalTest=*/true, kBegin, kEnd>(
+                    scores, tScS_rc, diag_local, row_value, key_value_of);
+            } else {
+                mask_tile_values</*kTransposed=*/false, /*kCausalTest=*/false, kBegin, kEnd>(
+                    scores, tScS_rc, diag_local, row_value, key_value_of);
+            }
+        });
     };
     // P in bf16/fp16, held in the A-operand layout of the PV wgmma (the same registers, reinterpreted).
     auto convert_p = [&]() {
@@ -297,7 +318,6 @@ __forceinline__ __device__ void consume(const FwdParams &params, Storage &smem, 
     softmax.finalize(acc_o_rc, params.softmax_scale, lse);
     Tensor rO = to_type<Element>(acc_o);
     store_column_pairs(rO, thr_o.partition_C(sQ), smem.q[qb], smem.q[qb]);
-    const int wg = tid / 128;
     cutlass::arch::NamedBarrier::sync(128, wg);  // this warpgroup's O rows are in shared memory
     const int wg_row0 = row0 + wg * 64;
     Element *out = static_cast<Element *>(params.out) + int64_t(q_offset + wg_row0) * params.o_row_stride +
