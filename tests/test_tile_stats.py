@@ -65,3 +65,14 @@ def test_parts_that_do_not_divide_the_tile_are_an_error():
     start_q, end_k = ts.tree_arrays([(-1, 256)])
     with pytest.raises(ValueError, match="must divide"):
         ts.part_stats(start_q, end_k, 128, 128, 3, 3)
+
+
+def test_parts_of_the_partial_tiles_by_what_they_need():
+    # A 96-token prompt, a 32-token response and a 128-token one, in 128 x 128 tiles cut into 64 x 64 quarters. The
+    # two diagonal tiles are causal only: their upper right quarter empty, lower left full, the other two across
+    # the diagonal. Below it, the second response's rows x the first 128 keys: keys 0-63 all seen (full quarters),
+    # keys 64-127 seen up to the prompt's end at 95 (two quarters partial below the diagonal).
+    start_q, end_k = ts.tree_arrays([(-1, 96), (0, 32), (0, 128)])
+    q = ts.part_stats(start_q, end_k, 128, 128)
+    assert q["partial_tiles"] == 3
+    assert q["partial_tile_parts"] == {"empty": 2, "full": 4, "across_diagonal": 4, "below_diagonal": 2}

@@ -10,7 +10,8 @@ a CTA has fewer tiles.
 
     python tools/tile_stats.py                       # every workload, the tile shapes of both kernel paths
     python tools/tile_stats.py --workloads deep_64nodes_128to1024 --tiles 128x128
-    python tools/tile_stats.py --tiles 128x128 --parts 2x2   # and the quarters of the tiles that no pair reaches
+    python tools/tile_stats.py --tiles 128x128 --parts 2x2   # and the quarters of the tiles that no pair reaches,
+                                                             # and what the mask needs in the partial tiles' quarters
 """
 from __future__ import annotations
 
@@ -79,15 +80,36 @@ def part_stats(start_q, end_k, block_m: int, block_n: int, row_parts: int = 2, c
     if row_parts < 1 or col_parts < 1 or block_m % row_parts or block_n % col_parts:
         raise ValueError(f"parts {row_parts}x{col_parts} must divide the {block_m}x{block_n} tiles evenly")
     pm, pn = block_m // row_parts, block_n // col_parts
+    n = len(start_q)
     counts = tile_visible_counts(start_q, end_k, pm, pn)
+    # A part is full when every pair of its rows inside the sequence is visible and its keys are all inside.
+    rows = np.minimum(np.arange(1, counts.shape[0] + 1) * pm, n) - np.arange(counts.shape[0]) * pm
+    whole = (np.arange(counts.shape[1]) + 1) * pn <= n
+    full = whole[None, :] & (counts == rows[:, None] * pn)
     tm, tn = -(-counts.shape[0] // row_parts), -(-counts.shape[1] // col_parts)
-    counts = np.pad(counts, ((0, tm * row_parts - counts.shape[0]), (0, tn * col_parts - counts.shape[1])))
+    pad = ((0, tm * row_parts - counts.shape[0]), (0, tn * col_parts - counts.shape[1]))
+    counts, full = np.pad(counts, pad), np.pad(full, pad)
     seen = counts.reshape(tm, row_parts, tn, col_parts) > 0
+    full = full.reshape(tm, row_parts, tn, col_parts)
     tiles = seen.any(axis=(1, 3))
     empty = int((tiles[:, None, :, None] & ~seen).sum())
     area = int(seen.sum()) * pm * pn
+    # The parts of the partial tiles (non-empty, some part not full), by what the element mask needs there: nothing
+    # (empty or full), or a comparison per pair, with the causal test where the part's last key lies past its first
+    # row (across the diagonal) or the tree's values alone (below it).
+    # (parts whose rows all lie past the sequence do not make a tile partial: those rows are never stored).
+    r_idx = np.arange(tm * row_parts).reshape(tm, row_parts)[:, :, None, None]
+    c_idx = np.arange(tn * col_parts).reshape(tn, col_parts)[None, None, :, :]
+    partial_tiles = tiles & ~(full | (r_idx * pm >= n)).all(axis=(1, 3))
+    in_partial = np.broadcast_to(partial_tiles[:, None, :, None], seen.shape)
+    across = (c_idx + 1) * pn - 1 > r_idx * pm
+    masked = in_partial & seen & ~full
     return {"tiles": int(tiles.sum()), "parts": int(tiles.sum()) * row_parts * col_parts, "empty_parts": empty,
-            "part_area": area, "visible_fraction": int(counts.sum()) / max(area, 1)}
+            "part_area": area, "visible_fraction": int(counts.sum()) / max(area, 1),
+            "partial_tiles": int(partial_tiles.sum()),
+            "partial_tile_parts": {"empty": int((in_partial & ~seen).sum()), "full": int((in_partial & full).sum()),
+                                   "across_diagonal": int((masked & across).sum()),
+                                   "below_diagonal": int((masked & ~across).sum())}}
 
 
 def main(argv=None) -> int:
@@ -95,7 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workloads", help="comma-separated names (default: all of tools/workloads.json)")
     ap.add_argument("--tiles", help="comma-separated MxN tile shapes (default: the kernels' head-dim-128 tiles)")
     ap.add_argument("--parts", help="RxC: also the parts of the non-empty tiles (R x C to a tile) that no visible pair "
-                    "reaches (part_stats); 2x2 for the sm90 forward's warpgroups, 1x2 for the backward's")
+                    "reaches, and the kinds of the partial tiles' parts (part_stats); 2x2 for the sm90 forward's "
+                    "warpgroups, 1x2 for the backward's")
     args = ap.parse_args(argv)
     names = args.workloads.split(",") if args.workloads else bl.workload_names()
     parts = tuple(map(int, args.parts.lower().split("x"))) if args.parts else None
@@ -115,6 +138,10 @@ def main(argv=None) -> int:
                 q = part_stats(start_q, end_k, bm, bn, rp, cp)
                 print(f"{'':26s} {f'  parts {rp}x{cp}':16s} {q['visible_fraction']:8.3f}  {q['empty_parts']} of "
                       f"{q['parts']} parts empty ({100 * q['empty_parts'] / max(q['parts'], 1):.1f}%)", flush=True)
+                k = q["partial_tile_parts"]
+                print(f"{'':26s} {'':16s} {'':8s}  parts of the {q['partial_tiles']} partial tiles: {k['empty']} "
+                      f"empty, {k['full']} full, {k['across_diagonal']} partial across the diagonal, "
+                      f"{k['below_diagonal']} partial below it", flush=True)
     return 0
 
 
