@@ -94,10 +94,10 @@ def part_stats(start_q, end_k, block_m: int, block_n: int, row_parts: int = 2, c
     tiles = seen.any(axis=(1, 3))
     empty = int((tiles[:, None, :, None] & ~seen).sum())
     area = int(seen.sum()) * pm * pn
-    # The parts of the partial tiles (non-empty, some part not full), by what the element mask needs there: nothing
-    # (empty or full), or a comparison per pair, with the causal test where the part's last key lies past its first
-    # row (across the diagonal) or the tree's values alone (below it).
-    # (parts whose rows all lie past the sequence do not make a tile partial: those rows are never stored).
+    # The parts of the partial tiles (non-empty, some part not full; parts whose rows all lie past the sequence do
+    # not count, as those rows are never stored), by what the element mask needs there: nothing (empty or full), or
+    # a comparison per pair, with the causal test where the part's last key lies past its first row (across the
+    # diagonal) or the tree's values alone (below it).
     r_idx = np.arange(tm * row_parts).reshape(tm, row_parts)[:, :, None, None]
     c_idx = np.arange(tn * col_parts).reshape(tn, col_parts)[None, None, :, :]
     partial_tiles = tiles & ~(full | (r_idx * pm >= n)).all(axis=(1, 3))

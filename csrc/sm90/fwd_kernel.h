@@ -209,10 +209,10 @@ __forceinline__ __device__ void consume(const FwdParams &params, Storage &smem, 
     // Masks a freshly computed score tile if the producer classified it as partial, with the keys' mask values
     // of its stage, in parts of 64 keys: the causal test only where a part crosses the diagonal for this
     // warpgroup's rows, elsewhere the mask values alone (mask_tile_values). On deep trees most partial tiles lie
-    // below the diagonal; on the diagonal tile, which every item computes first, a quarter is below it. Classifying
-    // the parts in the producer too, so that full parts skip the mask, held back the stage (bound loads ahead of
-    // k_full) and lost 2% (bench_results/RESULTS.md, twenty-ninth session). The kind is read right after k_full;
-    // the stage is released only after this.
+    // below the diagonal; of the diagonal tile, which every item computes first and alone, the second warpgroup's
+    // first part does. Having the producer classify the parts too, so that full parts skip the mask, held back the
+    // stage (a round of bound loads ahead of k_full) and cost 0.3-2.1% (bench_results/RESULTS.md, twenty-ninth
+    // session). The kind is read right after k_full; the stage is released only after this.
     const int wg = tid / 128;
     auto mask_if_partial = [&](TileKind kind, int n_block, int s) {
         if (kind != TileKind::kPartial) return;
