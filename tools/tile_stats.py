@@ -53,17 +53,22 @@ def tile_visible_counts(start_q, end_k, block_m: int, block_n: int) -> np.ndarra
     return counts
 
 
+def full_tiles(counts: np.ndarray, n: int, block_m: int, block_n: int) -> np.ndarray:
+    """Which block_m x block_n tiles of a sequence of n tokens, with visible-pair counts `counts`, are full: every
+    pair of the tile's rows and of its keys inside the sequence is visible (rows past the end are not computed on;
+    keys past the end need the mask, as in classify_tile)."""
+    rows = np.minimum(np.arange(1, counts.shape[0] + 1) * block_m, n) - np.arange(counts.shape[0]) * block_m
+    whole = (np.arange(counts.shape[1]) + 1) * block_n <= n
+    return whole[None, :] & (counts == rows[:, None] * block_n)
+
+
 def tile_stats(start_q, end_k, block_m: int, block_n: int) -> dict:
     """The causal tree mask of one sequence (flash_tree_attn.reference.visible_mask) cut into block_m x block_n
     tiles."""
     n = len(start_q)
     counts = tile_visible_counts(start_q, end_k, block_m, block_n)
     nonempty = counts > 0
-    rows = np.minimum(np.arange(1, counts.shape[0] + 1) * block_m, n) - np.arange(counts.shape[0]) * block_m
-    # Full: every pair of the tile's rows and of its keys inside the sequence is visible (rows past the end are not
-    # computed on; keys past the end need the mask, as in classify_tile).
-    whole = (np.arange(counts.shape[1]) + 1) * block_n <= n
-    is_full = whole[None, :] & (counts == rows[:, None] * block_n)
+    is_full = full_tiles(counts, n, block_m, block_n)
     visible_pairs = int(counts.sum())
     area = int(nonempty.sum()) * block_m * block_n
     return {"visible_pairs": visible_pairs, "tile_area": area, "visible_fraction": visible_pairs / max(area, 1),
@@ -82,10 +87,7 @@ def part_stats(start_q, end_k, block_m: int, block_n: int, row_parts: int = 2, c
     pm, pn = block_m // row_parts, block_n // col_parts
     n = len(start_q)
     counts = tile_visible_counts(start_q, end_k, pm, pn)
-    # A part is full when every pair of its rows inside the sequence is visible and its keys are all inside.
-    rows = np.minimum(np.arange(1, counts.shape[0] + 1) * pm, n) - np.arange(counts.shape[0]) * pm
-    whole = (np.arange(counts.shape[1]) + 1) * pn <= n
-    full = whole[None, :] & (counts == rows[:, None] * pn)
+    full = full_tiles(counts, n, pm, pn)
     tm, tn = -(-counts.shape[0] // row_parts), -(-counts.shape[1] // col_parts)
     pad = ((0, tm * row_parts - counts.shape[0]), (0, tn * col_parts - counts.shape[1]))
     counts, full = np.pad(counts, pad), np.pad(full, pad)

@@ -219,7 +219,8 @@ __forceinline__ __device__ void consume(const FwdParams &params, Storage &smem, 
         const int *key_value = smem.key_value[s];
         const int diag_local = diag + row0 - n_block * kBlockN;
         auto key_value_of = [&](int c) { return key_value[get<1>(tScS_rc(0, c))]; };
-        constexpr int kPartKeys = kBlockN % 64 == 0 ? 64 : kBlockN;
+        constexpr int kPartKeys = 64;
+        static_assert(kBlockN % kPartKeys == 0, "key blocks are whole parts");
         constexpr int kParts = kBlockN / kPartKeys;
         constexpr int kPartCols = decltype(size<1>(scores))::value / kParts;
         // The view's columns run left to right (acc_rowcol): key part h is view columns [h, h + 1) * kPartCols.
