@@ -4,15 +4,18 @@
 The same-run A/Bs of bench_results/RESULTS.md: swap the extension between runs, alternate the variants, compare
 the lines. Backward = median(forward + backward) - median(forward), triton's do_bench. Head dim 128 times two
 shapes; --head-dims 64,96,192,256 times the benchmark's D=64 / D=256 dense shapes (D=96 like D=128, D=192 like
-D=256) instead.
+D=256) instead. --sdpa-flash times PyTorch SDPA's FlashAttention-2 backend on the same shapes instead of the
+extension, for the same-run comparison of the sm80 path with FlashAttention-2.
 
     FLASH_TREE_ATTN_PATH=sm90 python3 tools/dense_timing.py LABEL [--head-dims 128,64,256] [--forward-only]
-        [--deterministic]
+        [--deterministic] [--sdpa-flash]
 """
 import argparse
 
 import torch
+import torch.nn.functional as F
 import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import flash_tree_attn as fta
 
@@ -26,14 +29,24 @@ SHAPES = {  # head dim -> (batch, length, heads): workloads.json's dense rows, D
 }
 
 
-def case(batch: int, length: int, heads: int, d: int = 128, backward: bool = True, deterministic: bool = False) -> str:
-    q, k, v = (torch.randn(batch * length, heads, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-               for _ in range(3))
-    cu = torch.arange(0, (batch + 1) * length, length, device="cuda", dtype=torch.int32)
-    grad = torch.randn_like(q)
+def case(batch: int, length: int, heads: int, d: int = 128, backward: bool = True, deterministic: bool = False,
+         sdpa_flash: bool = False) -> str:
+    if sdpa_flash:  # SDPA takes (batch, heads, length, head dim)
+        q, k, v = (torch.randn(batch, heads, length, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                   for _ in range(3))
 
-    def fwd():
-        return fta.flash_attn_varlen_func(q, k, v, cu, cu, length, length, causal=True, deterministic=deterministic)
+        def fwd():
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    else:
+        q, k, v = (torch.randn(batch * length, heads, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                   for _ in range(3))
+        cu = torch.arange(0, (batch + 1) * length, length, device="cuda", dtype=torch.int32)
+
+        def fwd():
+            return fta.flash_attn_varlen_func(q, k, v, cu, cu, length, length, causal=True,
+                                              deterministic=deterministic)
+    grad = torch.randn_like(q)
 
     def fwd_bwd():
         q.grad = k.grad = v.grad = None
@@ -54,6 +67,8 @@ if __name__ == "__main__":
     parser.add_argument("--head-dims", default="128", help=f"comma-separated, of {sorted(SHAPES)}")
     parser.add_argument("--forward-only", action="store_true", help="time the forward alone")
     parser.add_argument("--deterministic", action="store_true", help="the backward with deterministic=True")
+    parser.add_argument("--sdpa-flash", action="store_true",
+                        help="time SDPA's FlashAttention-2 backend on the same shapes instead of the extension")
     args = parser.parse_args()
     head_dims = [int(x) for x in args.head_dims.split(",")]
     unknown = [d for d in head_dims if d not in SHAPES]
@@ -61,5 +76,8 @@ if __name__ == "__main__":
         parser.error(f"--head-dims: no shape for {unknown}; choose from {sorted(SHAPES)}")
     torch.manual_seed(0)
     cases = [(*shape, d) for d in head_dims for shape in SHAPES[d]]
-    rows = [case(*c, backward=not args.forward_only, deterministic=args.deterministic) for c in cases]
+    if args.sdpa_flash and args.deterministic:
+        parser.error("--deterministic applies to the extension, not to --sdpa-flash")
+    rows = [case(*c, backward=not args.forward_only, deterministic=args.deterministic, sdpa_flash=args.sdpa_flash)
+            for c in cases]
     print(args.label, "|", " | ".join(rows), flush=True)
