@@ -250,14 +250,18 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
             const int row0 = m_block * kBlockM;
 
             // Per-row softmax statistics: log2-domain LSE (+inf for rows that see nothing or lie past the
-            // sequence, so P = 0) and D = rowsum(dO * O) - dLSE.
-            float lse_log2[kRows], dsum[kRows];
-#pragma unroll
-            for (int r = 0; r < kRows; ++r) {
+            // sequence, so P = 0) and D = rowsum(dO * O) - dLSE. Read before the two GEMMs, or after them where
+            // the registers they would hold across the GEMMs are the ones ptxas spills (Traits::kLateRowStats).
+            auto row_stats = [&](int r, float &lse_log2, float &dsum) {
                 const int i = get<0>(tScS_rc(r, 0));
                 const float lse = rows.lse[stage][i];
-                lse_log2[r] = (row0 + i >= seqlen_q || lse == -INFINITY) ? INFINITY : lse * float(M_LOG2E);
-                dsum[r] = rows.dsum[stage][i];
+                lse_log2 = (row0 + i >= seqlen_q || lse == -INFINITY) ? INFINITY : lse * float(M_LOG2E);
+                dsum = rows.dsum[stage][i];
+            };
+            float early_lse_log2[kRows], early_dsum[kRows];
+            if constexpr (!Traits::kLateRowStats) {
+#pragma unroll
+                for (int r = 0; r < kRows; ++r) row_stats(r, early_lse_log2[r], early_dsum[r]);
             }
 
             Tensor acc_s = partition_fragment_C(mma_sdp, Shape<Int<kBlockM>, Int<kBlockN>>{});
@@ -279,11 +283,18 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
             }
 #pragma unroll
             for (int r = 0; r < kRows; ++r) {
+                float lse_log2, dsum;
+                if constexpr (Traits::kLateRowStats) {
+                    row_stats(r, lse_log2, dsum);
+                } else {
+                    lse_log2 = early_lse_log2[r];
+                    dsum = early_dsum[r];
+                }
 #pragma unroll
                 for (int c = 0; c < size<1>(s); ++c) {
-                    const float p = exp2f(fmaf(s(r, c), params.softmax_scale_log2, -lse_log2[r]));
+                    const float p = exp2f(fmaf(s(r, c), params.softmax_scale_log2, -lse_log2));
                     s(r, c) = p;
-                    dp(r, c) = p * (dp(r, c) - dsum[r]);
+                    dp(r, c) = p * (dp(r, c) - dsum);
                 }
             }
             Tensor rP = to_type<Element>(acc_s);

@@ -13,8 +13,11 @@ template <class Layout, int kRows, int kCols>
 using TransposedView = decltype(composition(Layout{}, make_layout(Shape<Int<kCols>, Int<kRows>>{}, GenRowMajor{})));
 
 // kAtomMSdP / kAtomNdKV / kAtomMdQ: warps along the first mode of the S/dP, dK/dV and dQ GEMMs.
+// kLateRowStats: the step reads its rows' LSE and D from shared memory after the S and dP GEMMs rather than
+// before, so they hold no registers across them. Chosen per configuration by ptxas's spills: at head dim 128 it
+// takes the kernel from a 32-byte stack to none; at 64 and 192 the stack grows with it, at 256 it stays.
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, int kAtomMSdP, int kAtomNdKV, int kAtomMdQ,
-          int kStages_, typename Element_>
+          int kStages_, typename Element_, bool kLateRowStats_ = false>
 struct BwdTraits : Sm80TileCopies<kHeadDim_, kNWarps_ * 32, Element_> {
     using Element = Element_;
     static constexpr int kHeadDim = kHeadDim_;
@@ -23,6 +26,7 @@ struct BwdTraits : Sm80TileCopies<kHeadDim_, kNWarps_ * 32, Element_> {
     static constexpr int kNWarps = kNWarps_;
     static constexpr int kNThreads = kNWarps * 32;
     static constexpr int kStages = kStages_;  // Q / dO buffers: 2 overlaps the next loads with compute
+    static constexpr bool kLateRowStats = kLateRowStats_;
     static_assert(kBlockM % kBoundsGranule == 0 && kBlockN % kBoundsGranule == 0);
     static_assert(kStages == 1 || kStages == 2);
 
@@ -85,7 +89,7 @@ struct BwdConfig<96, Element> {
 };
 template <typename Element>
 struct BwdConfig<128, Element> {
-    using Traits = BwdTraits<128, 64, 128, 8, 2, 4, 2, 2, Element>;
+    using Traits = BwdTraits<128, 64, 128, 8, 2, 4, 2, 2, Element, /*kLateRowStats=*/true>;
     using CompactTraits = Traits;
 };
 template <typename Element>
