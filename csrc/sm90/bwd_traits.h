@@ -16,7 +16,9 @@ using namespace cute;
 // What both backward configurations share: one producer warpgroup (the TMA warp and, in BwdTraits, the dQ writer
 // warp) and two consumer warpgroups with their register split, a ring of two Q / dO stages, and the state the
 // producer hands over with each stage (SharedStorage of each configuration derives from StageState).
-template <typename Element_, int kHeadDim_, int kBlockM_, int kBlockN_>
+// The register split after setmaxnreg is each configuration's (kProducerRegs_ / kConsumerRegs_): ptxas spills
+// where either side has too few, and which side that is depends on the configuration.
+template <typename Element_, int kHeadDim_, int kBlockM_, int kBlockN_, int kProducerRegs_, int kConsumerRegs_>
 struct BwdTraitsBase {
     using Element = Element_;
     static constexpr int kHeadDim = kHeadDim_;
@@ -26,8 +28,8 @@ struct BwdTraitsBase {
     static constexpr int kStages = 2;
     static constexpr int kConsumerThreads = 128 * kConsumerWarpgroups;
     static constexpr int kNThreads = 128 + kConsumerThreads;
-    static constexpr int kProducerRegs = 24;
-    static constexpr int kConsumerRegs = 240;
+    static constexpr int kProducerRegs = kProducerRegs_;
+    static constexpr int kConsumerRegs = kConsumerRegs_;
     static_assert(register_split_fits(kProducerRegs, kConsumerRegs, kConsumerThreads),
                   "the warpgroups' registers after setmaxnreg exceed what the CTA is launched with");
     static_assert(kBlockM % kBoundsGranule == 0 && kBlockN % kBoundsGranule == 0);
@@ -58,9 +60,13 @@ struct BwdTraitsBase {
 // shared memory and the two warpgroups split dQ's head dim; the dQ tile then goes through shared memory to a
 // writer warp of the producer warpgroup, which adds it to the fp32 accumulator with TMA reduce-adds, so the
 // consumers never wait on global atomics.
+// Registers: 56 for the producer warpgroup, 224 for the consumers. With 24 / 240 the producer's walks, TMA
+// issue and dQ writes spilled (ptxas, head dim 128: 400 bytes stored, 448 loaded, all in the producer); the
+// consumers' step needs no more than 224 up to head dim 128, and 56 leave the producer without spills.
 template <int kHeadDim_, typename Element_>
-struct BwdTraits : BwdTraitsBase<Element_, kHeadDim_, /*kBlockM=*/64, /*kBlockN=*/128> {
-    using Base = BwdTraitsBase<Element_, kHeadDim_, 64, 128>;
+struct BwdTraits : BwdTraitsBase<Element_, kHeadDim_, /*kBlockM=*/64, /*kBlockN=*/128, /*kProducerRegs=*/56,
+                                 /*kConsumerRegs=*/224> {
+    using Base = BwdTraitsBase<Element_, kHeadDim_, 64, 128, 56, 224>;
     using typename Base::Element;
     using Base::kBlockM, Base::kBlockN, Base::kConsumerWarpgroups, Base::kHeadDim, Base::kStages;
     static constexpr bool kSplitHeadDim = false;
@@ -120,9 +126,11 @@ struct BwdTraits : BwdTraitsBase<Element_, kHeadDim_, /*kBlockM=*/64, /*kBlockN=
 // registers for the whole CTA (2 x 64 x kHeadDim / 2 per warpgroup); dQ (64 x kHeadDim / 2 per warpgroup) is
 // added to the fp32 accumulator by global reductions through a small per-warp staging tile, as shared memory
 // has no room for a dQ tile beside the two-stage Q and dO ring (208 KB of K, V, Q and dO at head dim 256).
+// Registers: 24 / 240; the consumers' step spills with 224 at head dim 256.
 template <int kHeadDim_, typename Element_>
-struct BwdSplitDimTraits : BwdTraitsBase<Element_, kHeadDim_, /*kBlockM=*/64, /*kBlockN=*/64> {
-    using Base = BwdTraitsBase<Element_, kHeadDim_, 64, 64>;
+struct BwdSplitDimTraits : BwdTraitsBase<Element_, kHeadDim_, /*kBlockM=*/64, /*kBlockN=*/64, /*kProducerRegs=*/24,
+                                         /*kConsumerRegs=*/240> {
+    using Base = BwdTraitsBase<Element_, kHeadDim_, 64, 64, 24, 240>;
     using typename Base::Element;
     using Base::kBlockM, Base::kBlockN, Base::kConsumerThreads, Base::kHeadDim, Base::kStages;
     static constexpr bool kSplitHeadDim = true;
