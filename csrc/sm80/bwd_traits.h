@@ -15,7 +15,8 @@ using TransposedView = decltype(composition(Layout{}, make_layout(Shape<Int<kCol
 // kAtomMSdP / kAtomNdKV / kAtomMdQ: warps along the first mode of the S/dP, dK/dV and dQ GEMMs.
 // kLateRowStats: the step reads its rows' LSE and D from shared memory after the S and dP GEMMs rather than
 // before, so they hold no registers across them. Chosen per configuration by ptxas's spills: at head dim 128 it
-// takes the kernel from a 32-byte stack to none; at 64 and 192 the stack grows with it, at 256 it stays.
+// takes the kernel from a 32-byte stack to none; at 192 and in one of head dim 64's two configurations the stack
+// grows with it, at 256 it stays.
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, int kAtomMSdP, int kAtomNdKV, int kAtomMdQ,
           int kStages_, typename Element_, bool kLateRowStats_ = false>
 struct BwdTraits : Sm80TileCopies<kHeadDim_, kNWarps_ * 32, Element_> {
