@@ -1,7 +1,7 @@
 // Element-wise kernels around the backward of both kernel paths: D = rowsum(dO * O) - dLSE before it (which
 // also zeroes the fp32 dQ accumulator the backward adds into, saving a fill kernel over the same rows, unless
-// p.dq_first_store), and dQ = scale * dQaccum converted to the input dtype after it. Memory-bound; 16-byte
-// accesses.
+// p.dq_first_store), and dQ = scale * dQaccum converted to the input dtype after it. Memory-bound: 16-byte
+// accesses, each thread's loads for four rows issued together.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -15,44 +15,80 @@ namespace flash_tree_attn {
 
 constexpr int kPrepostThreads = 256;
 constexpr int kPrepostThreadsPerRow = 16;  // one (token, head) row per 16 threads, 8 elements per access
+// Rows each 16-thread group takes, their loads issued before any arithmetic: one row's two 16-byte loads a thread
+// leave too few bytes in flight to keep the memory busy.
+constexpr int kPrepostRowsPerGroup = 4;
+constexpr int kPrepostGroups = kPrepostThreads / kPrepostThreadsPerRow;
+constexpr int kPrepostRowsPerBlock = kPrepostGroups * kPrepostRowsPerGroup;
 
-template <typename Element>
-__global__ void __launch_bounds__(kPrepostThreads) bwd_dot_do_o_kernel(const __grid_constant__ BwdParams p,
-                                                                       int bucket) {
+inline int prepost_blocks(int64_t rows) { return int((rows + kPrepostRowsPerBlock - 1) / kPrepostRowsPerBlock); }
+
+// A thread's accesses per row: ceil(bucket / 128) of 8 elements each (head dims up to 256).
+template <int kBucket>
+constexpr int kPrepostChunks = (kBucket + kPrepostThreadsPerRow * 8 - 1) / (kPrepostThreadsPerRow * 8);
+
+// The i-th row of the thread's group: the block's groups take 16 consecutive rows per pass (4 KB at D=128, bf16).
+__device__ __forceinline__ int64_t prepost_row(int i) {
+    return int64_t(blockIdx.x) * kPrepostRowsPerBlock + i * kPrepostGroups + threadIdx.x / kPrepostThreadsPerRow;
+}
+
+template <typename Element, int kBucket>
+__global__ void __launch_bounds__(kPrepostThreads) bwd_dot_do_o_kernel(const __grid_constant__ BwdParams p) {
+    constexpr int kChunks = kPrepostChunks<kBucket>;
     const int heads = p.shape.num_heads_q;
     const int64_t rows = int64_t(p.shape.total_q) * heads;
-    const int64_t row = (int64_t(blockIdx.x) * kPrepostThreads + threadIdx.x) / kPrepostThreadsPerRow;
     const int lane = threadIdx.x % kPrepostThreadsPerRow;
-    float acc = 0.f;
-    int token = 0, head = 0;
-    if (row < rows) {
-        token = int(row / heads);
-        head = int(row % heads);
+    uint4 dout_v[kPrepostRowsPerGroup][kChunks], out_v[kPrepostRowsPerGroup][kChunks];
+#pragma unroll
+    for (int i = 0; i < kPrepostRowsPerGroup; ++i) {
+        const int64_t row = prepost_row(i);
+        const int token = int(row / heads), head = int(row % heads);
         const Element *dout = static_cast<const Element *>(p.dout) + token * p.do_row_stride + head * p.do_head_stride;
         const Element *out = static_cast<const Element *>(p.out) + token * p.o_row_stride + head * p.o_head_stride;
+#pragma unroll
+        for (int j = 0; j < kChunks; ++j) {
+            const int c = (j * kPrepostThreadsPerRow + lane) * 8;
+            const bool in = row < rows && c < p.shape.head_dim;
+            dout_v[i][j] = in ? *reinterpret_cast<const uint4 *>(dout + c) : make_uint4(0u, 0u, 0u, 0u);
+            out_v[i][j] = in ? *reinterpret_cast<const uint4 *>(out + c) : make_uint4(0u, 0u, 0u, 0u);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < kPrepostRowsPerGroup; ++i) {
+        const int64_t row = prepost_row(i);
+        float acc = 0.f;
+#pragma unroll
+        for (int j = 0; j < kChunks; ++j) {
+            const Element *ea = reinterpret_cast<const Element *>(&dout_v[i][j]);
+            const Element *eb = reinterpret_cast<const Element *>(&out_v[i][j]);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc += float(ea[e]) * float(eb[e]);
+        }
+#pragma unroll
+        for (int off = kPrepostThreadsPerRow / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+        if (row >= rows) continue;
+        if (lane == 0) {
+            const int64_t idx = int64_t(row % heads) * p.shape.total_q + row / heads;
+            if (p.dsoftmax_lse != nullptr) acc -= p.dsoftmax_lse[idx];
+            p.dsoftmax_sum[idx] = acc;
+        }
         if (!p.dq_first_store) {
-            float *accum = p.dq_accum + row * bucket;
-            for (int c = lane * 8; c < bucket; c += kPrepostThreadsPerRow * 8) {
+            float *accum = p.dq_accum + row * kBucket;
+#pragma unroll
+            for (int j = 0; j < kChunks; ++j) {
+                const int c = (j * kPrepostThreadsPerRow + lane) * 8;
+                if (c >= kBucket) continue;
                 *reinterpret_cast<float4 *>(accum + c) = make_float4(0.f, 0.f, 0.f, 0.f);
                 *reinterpret_cast<float4 *>(accum + c + 4) = make_float4(0.f, 0.f, 0.f, 0.f);
             }
         }
-        for (int c = lane * 8; c < p.shape.head_dim; c += kPrepostThreadsPerRow * 8) {
-            const uint4 a = *reinterpret_cast<const uint4 *>(dout + c);
-            const uint4 b = *reinterpret_cast<const uint4 *>(out + c);
-            const Element *ea = reinterpret_cast<const Element *>(&a);
-            const Element *eb = reinterpret_cast<const Element *>(&b);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) acc += float(ea[j]) * float(eb[j]);
-        }
     }
-#pragma unroll
-    for (int off = kPrepostThreadsPerRow / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-    if (row < rows && lane == 0) {
-        const int64_t idx = int64_t(head) * p.shape.total_q + token;
-        if (p.dsoftmax_lse != nullptr) acc -= p.dsoftmax_lse[idx];
-        p.dsoftmax_sum[idx] = acc;
-    }
+}
+
+// Two values in the input dtype, the first in the low half: one 32-bit word of a 16-byte store.
+template <typename Element>
+__device__ __forceinline__ uint32_t pack_pair(float first, float second) {
+    return uint32_t(Element(first).raw()) | (uint32_t(Element(second).raw()) << 16);
 }
 
 // With p.dq_first_store, whether any key block wrote the accumulator rows of (token, head): its query block's
@@ -73,33 +109,53 @@ __device__ __forceinline__ bool dq_rows_written(const BwdParams &p, int token, i
     return m_block >= m_slots || *dq_counter(p, m_slots, lo, head, m_block) != 0;
 }
 
-template <typename Element>
-__global__ void __launch_bounds__(kPrepostThreads) bwd_convert_dq_kernel(const __grid_constant__ BwdParams p,
-                                                                        int bucket) {
+template <typename Element, int kBucket>
+__global__ void __launch_bounds__(kPrepostThreads) bwd_convert_dq_kernel(const __grid_constant__ BwdParams p) {
+    constexpr int kChunks = kPrepostChunks<kBucket>;
     const int heads = p.shape.num_heads_q;
     const int64_t rows = int64_t(p.shape.total_q) * heads;
-    const int64_t row = (int64_t(blockIdx.x) * kPrepostThreads + threadIdx.x) / kPrepostThreadsPerRow;
     const int lane = threadIdx.x % kPrepostThreadsPerRow;
-    if (row >= rows) return;
-    const int token = int(row / heads);
-    const int head = int(row % heads);
-    const float *src = p.dq_accum + row * bucket;
-    Element *dst = static_cast<Element *>(p.dq) + token * p.dq_row_stride + head * p.dq_head_stride;
-    if (p.dq_first_store && !dq_rows_written(p, token, head)) {
-        for (int c = lane * 8; c < p.shape.head_dim; c += kPrepostThreadsPerRow * 8) {
-            *reinterpret_cast<uint4 *>(dst + c) = make_uint4(0u, 0u, 0u, 0u);
-        }
-        return;
-    }
-    for (int c = lane * 8; c < p.shape.head_dim; c += kPrepostThreadsPerRow * 8) {
-        const float4 a = *reinterpret_cast<const float4 *>(src + c);
-        const float4 b = *reinterpret_cast<const float4 *>(src + c + 4);
-        const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-        uint4 packed;
-        Element *e = reinterpret_cast<Element *>(&packed);
+    // Every row's accumulator is read before any is known to be written: rows no key block reached hold whatever
+    // the allocation held, and are replaced by zeros below.
+    float4 half0[kPrepostRowsPerGroup][kChunks], half1[kPrepostRowsPerGroup][kChunks];
 #pragma unroll
-        for (int j = 0; j < 8; ++j) e[j] = Element(v[j] * p.softmax_scale);
-        *reinterpret_cast<uint4 *>(dst + c) = packed;
+    for (int i = 0; i < kPrepostRowsPerGroup; ++i) {
+        const int64_t row = prepost_row(i);
+        const float *src = p.dq_accum + row * kBucket;
+#pragma unroll
+        for (int j = 0; j < kChunks; ++j) {
+            const int c = (j * kPrepostThreadsPerRow + lane) * 8;
+            const bool in = row < rows && c < p.shape.head_dim;
+            half0[i][j] = in ? *reinterpret_cast<const float4 *>(src + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+            half1[i][j] = in ? *reinterpret_cast<const float4 *>(src + c + 4) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+    }
+    // The counters too are read for all rows before any store (a store could alias them for all the compiler knows).
+    bool written[kPrepostRowsPerGroup];
+#pragma unroll
+    for (int i = 0; i < kPrepostRowsPerGroup; ++i) {
+        const int64_t row = prepost_row(i);
+        written[i] = !p.dq_first_store || (row < rows && dq_rows_written(p, int(row / heads), int(row % heads)));
+    }
+#pragma unroll
+    for (int i = 0; i < kPrepostRowsPerGroup; ++i) {
+        const int64_t row = prepost_row(i);
+        if (row >= rows) continue;
+        const int token = int(row / heads), head = int(row % heads);
+        const float scale = p.softmax_scale;
+        Element *dst = static_cast<Element *>(p.dq) + token * p.dq_row_stride + head * p.dq_head_stride;
+#pragma unroll
+        for (int j = 0; j < kChunks; ++j) {
+            const int c = (j * kPrepostThreadsPerRow + lane) * 8;
+            if (c >= p.shape.head_dim) continue;
+            const float4 a = half0[i][j], b = half1[i][j];
+            *reinterpret_cast<uint4 *>(dst + c) =
+                written[i] ? make_uint4(pack_pair<Element>(a.x * scale, a.y * scale),
+                                        pack_pair<Element>(a.z * scale, a.w * scale),
+                                        pack_pair<Element>(b.x * scale, b.y * scale),
+                                        pack_pair<Element>(b.z * scale, b.w * scale))
+                           : make_uint4(0u, 0u, 0u, 0u);
+        }
     }
 }
 
