@@ -66,7 +66,7 @@ struct BwdTraitsBase {
 template <int kHeadDim_, typename Element_>
 struct BwdTraits : BwdTraitsBase<Element_, kHeadDim_, /*kBlockM=*/64, /*kBlockN=*/128, /*kProducerRegs=*/56,
                                  /*kConsumerRegs=*/224> {
-    using Base = BwdTraitsBase<Element_, kHeadDim_, 64, 128, 56, 224>;
+    using Base = typename BwdTraits::BwdTraitsBase;  // the base named above, not its arguments again
     using typename Base::Element;
     using Base::kBlockM, Base::kBlockN, Base::kConsumerWarpgroups, Base::kHeadDim, Base::kStages;
     static constexpr bool kSplitHeadDim = false;
@@ -130,7 +130,7 @@ struct BwdTraits : BwdTraitsBase<Element_, kHeadDim_, /*kBlockM=*/64, /*kBlockN=
 template <int kHeadDim_, typename Element_>
 struct BwdSplitDimTraits : BwdTraitsBase<Element_, kHeadDim_, /*kBlockM=*/64, /*kBlockN=*/64, /*kProducerRegs=*/24,
                                          /*kConsumerRegs=*/240> {
-    using Base = BwdTraitsBase<Element_, kHeadDim_, 64, 64, 24, 240>;
+    using Base = typename BwdSplitDimTraits::BwdTraitsBase;
     using typename Base::Element;
     using Base::kBlockM, Base::kBlockN, Base::kConsumerThreads, Base::kHeadDim, Base::kStages;
     static constexpr bool kSplitHeadDim = true;
