@@ -1,7 +1,7 @@
 // Element-wise kernels around the backward of both kernel paths: D = rowsum(dO * O) - dLSE before it (which
 // also zeroes the fp32 dQ accumulator the backward adds into, saving a fill kernel over the same rows, unless
 // p.dq_first_store), and dQ = scale * dQaccum converted to the input dtype after it. Memory-bound: 16-byte
-// accesses, each thread's loads for four rows issued together.
+// accesses, each thread's loads for several rows issued together.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -15,22 +15,32 @@ namespace flash_tree_attn {
 
 constexpr int kPrepostThreads = 256;
 constexpr int kPrepostThreadsPerRow = 16;  // one (token, head) row per 16 threads, 8 elements per access
-// Rows each 16-thread group takes, their loads issued before any arithmetic: one row's two 16-byte loads a thread
-// leave too few bytes in flight to keep the memory busy.
-constexpr int kPrepostRowsPerGroup = 4;
+// Rows each 16-thread group takes, their loads issued before any arithmetic: one row's 16-byte loads a thread leave
+// too few bytes in flight to keep the memory busy. On the H200 (grpo_P1024, bench_results/RESULTS.md, 2026-12-03),
+// D = rowsum(dO O) ran fastest with 2 (4: +4%, 8: +21%) and the dQ conversion with 4 (2: +3%, 8: +25%).
+constexpr int kDotRowsPerGroup = 2;
+constexpr int kConvertRowsPerGroup = 4;
 constexpr int kPrepostGroups = kPrepostThreads / kPrepostThreadsPerRow;
-constexpr int kPrepostRowsPerBlock = kPrepostGroups * kPrepostRowsPerGroup;
 
-inline int prepost_blocks(int64_t rows) { return int((rows + kPrepostRowsPerBlock - 1) / kPrepostRowsPerBlock); }
+template <int kRowsPerGroup>
+inline int prepost_blocks(int64_t rows) {
+    constexpr int kRowsPerBlock = kPrepostGroups * kRowsPerGroup;
+    return int((rows + kRowsPerBlock - 1) / kRowsPerBlock);
+}
 
 // A thread's accesses per row: ceil(bucket / 128) of 8 elements each (head dims up to 256).
 template <int kBucket>
 constexpr int kPrepostChunks = (kBucket + kPrepostThreadsPerRow * 8 - 1) / (kPrepostThreadsPerRow * 8);
 
 // The i-th row of the thread's group: the block's groups take 16 consecutive rows per pass (4 KB at D=128, bf16).
+template <int kRowsPerGroup>
 __device__ __forceinline__ int64_t prepost_row(int i) {
-    return int64_t(blockIdx.x) * kPrepostRowsPerBlock + i * kPrepostGroups + threadIdx.x / kPrepostThreadsPerRow;
+    return (int64_t(blockIdx.x) * kRowsPerGroup + i) * kPrepostGroups + threadIdx.x / kPrepostThreadsPerRow;
 }
+
+// The first of the 8 consecutive columns a lane of a row's 16 threads covers in its j-th access of that row: the
+// lanes sit side by side, so the group's j-th access covers 128 consecutive columns.
+__device__ __forceinline__ int prepost_column(int j, int lane) { return (j * kPrepostThreadsPerRow + lane) * 8; }
 
 template <typename Element, int kBucket>
 __global__ void __launch_bounds__(kPrepostThreads) bwd_dot_do_o_kernel(const __grid_constant__ BwdParams p) {
@@ -38,24 +48,24 @@ __global__ void __launch_bounds__(kPrepostThreads) bwd_dot_do_o_kernel(const __g
     const int heads = p.shape.num_heads_q;
     const int64_t rows = int64_t(p.shape.total_q) * heads;
     const int lane = threadIdx.x % kPrepostThreadsPerRow;
-    uint4 dout_v[kPrepostRowsPerGroup][kChunks], out_v[kPrepostRowsPerGroup][kChunks];
+    uint4 dout_v[kDotRowsPerGroup][kChunks], out_v[kDotRowsPerGroup][kChunks];
 #pragma unroll
-    for (int i = 0; i < kPrepostRowsPerGroup; ++i) {
-        const int64_t row = prepost_row(i);
+    for (int i = 0; i < kDotRowsPerGroup; ++i) {
+        const int64_t row = prepost_row<kDotRowsPerGroup>(i);
         const int token = int(row / heads), head = int(row % heads);
         const Element *dout = static_cast<const Element *>(p.dout) + token * p.do_row_stride + head * p.do_head_stride;
         const Element *out = static_cast<const Element *>(p.out) + token * p.o_row_stride + head * p.o_head_stride;
 #pragma unroll
         for (int j = 0; j < kChunks; ++j) {
-            const int c = (j * kPrepostThreadsPerRow + lane) * 8;
+            const int c = prepost_column(j, lane);
             const bool in = row < rows && c < p.shape.head_dim;
             dout_v[i][j] = in ? *reinterpret_cast<const uint4 *>(dout + c) : make_uint4(0u, 0u, 0u, 0u);
             out_v[i][j] = in ? *reinterpret_cast<const uint4 *>(out + c) : make_uint4(0u, 0u, 0u, 0u);
         }
     }
 #pragma unroll
-    for (int i = 0; i < kPrepostRowsPerGroup; ++i) {
-        const int64_t row = prepost_row(i);
+    for (int i = 0; i < kDotRowsPerGroup; ++i) {
+        const int64_t row = prepost_row<kDotRowsPerGroup>(i);
         float acc = 0.f;
 #pragma unroll
         for (int j = 0; j < kChunks; ++j) {
@@ -76,7 +86,7 @@ __global__ void __launch_bounds__(kPrepostThreads) bwd_dot_do_o_kernel(const __g
             float *accum = p.dq_accum + row * kBucket;
 #pragma unroll
             for (int j = 0; j < kChunks; ++j) {
-                const int c = (j * kPrepostThreadsPerRow + lane) * 8;
+                const int c = prepost_column(j, lane);
                 if (c >= kBucket) continue;
                 *reinterpret_cast<float4 *>(accum + c) = make_float4(0.f, 0.f, 0.f, 0.f);
                 *reinterpret_cast<float4 *>(accum + c + 4) = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -117,36 +127,36 @@ __global__ void __launch_bounds__(kPrepostThreads) bwd_convert_dq_kernel(const _
     const int lane = threadIdx.x % kPrepostThreadsPerRow;
     // Every row's accumulator is read before any is known to be written: rows no key block reached hold whatever
     // the allocation held, and are replaced by zeros below.
-    float4 half0[kPrepostRowsPerGroup][kChunks], half1[kPrepostRowsPerGroup][kChunks];
+    float4 half0[kConvertRowsPerGroup][kChunks], half1[kConvertRowsPerGroup][kChunks];
 #pragma unroll
-    for (int i = 0; i < kPrepostRowsPerGroup; ++i) {
-        const int64_t row = prepost_row(i);
+    for (int i = 0; i < kConvertRowsPerGroup; ++i) {
+        const int64_t row = prepost_row<kConvertRowsPerGroup>(i);
         const float *src = p.dq_accum + row * kBucket;
 #pragma unroll
         for (int j = 0; j < kChunks; ++j) {
-            const int c = (j * kPrepostThreadsPerRow + lane) * 8;
+            const int c = prepost_column(j, lane);
             const bool in = row < rows && c < p.shape.head_dim;
             half0[i][j] = in ? *reinterpret_cast<const float4 *>(src + c) : make_float4(0.f, 0.f, 0.f, 0.f);
             half1[i][j] = in ? *reinterpret_cast<const float4 *>(src + c + 4) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
     }
     // The counters too are read for all rows before any store (a store could alias them for all the compiler knows).
-    bool written[kPrepostRowsPerGroup];
+    bool written[kConvertRowsPerGroup];
 #pragma unroll
-    for (int i = 0; i < kPrepostRowsPerGroup; ++i) {
-        const int64_t row = prepost_row(i);
+    for (int i = 0; i < kConvertRowsPerGroup; ++i) {
+        const int64_t row = prepost_row<kConvertRowsPerGroup>(i);
         written[i] = !p.dq_first_store || (row < rows && dq_rows_written(p, int(row / heads), int(row % heads)));
     }
 #pragma unroll
-    for (int i = 0; i < kPrepostRowsPerGroup; ++i) {
-        const int64_t row = prepost_row(i);
+    for (int i = 0; i < kConvertRowsPerGroup; ++i) {
+        const int64_t row = prepost_row<kConvertRowsPerGroup>(i);
         if (row >= rows) continue;
         const int token = int(row / heads), head = int(row % heads);
         const float scale = p.softmax_scale;
         Element *dst = static_cast<Element *>(p.dq) + token * p.dq_row_stride + head * p.dq_head_stride;
 #pragma unroll
         for (int j = 0; j < kChunks; ++j) {
-            const int c = (j * kPrepostThreadsPerRow + lane) * 8;
+            const int c = prepost_column(j, lane);
             if (c >= p.shape.head_dim) continue;
             const float4 a = half0[i][j], b = half1[i][j];
             *reinterpret_cast<uint4 *>(dst + c) =

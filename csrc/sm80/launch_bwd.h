@@ -29,15 +29,16 @@ const char *run_sm80_bwd(BwdParams &params, cudaStream_t stream) {
         if (const char *err = sm80::smem_shortfall(params, Compact::kSmemBytes, /*backward=*/true)) return err;
     }
     const int64_t rows = int64_t(params.shape.total_q) * params.shape.num_heads_q;
-    const int prepost_grid = prepost_blocks(rows);
-    if (prepost_grid == 0) return nullptr;
-    bwd_dot_do_o_kernel<Element, kHeadDim><<<prepost_grid, kPrepostThreads, 0, stream>>>(params);
+    if (rows == 0) return nullptr;
+    const int dot_blocks = prepost_blocks<kDotRowsPerGroup>(rows);
+    bwd_dot_do_o_kernel<Element, kHeadDim><<<dot_blocks, kPrepostThreads, 0, stream>>>(params);
     if (roomy) {
         launch_sm80_bwd_kernel<typename Config::Traits, kCausal>(params, stream);
     } else {
         launch_sm80_bwd_kernel<Compact, kCausal>(params, stream);
     }
-    bwd_convert_dq_kernel<Element, kHeadDim><<<prepost_grid, kPrepostThreads, 0, stream>>>(params);
+    const int convert_blocks = prepost_blocks<kConvertRowsPerGroup>(rows);
+    bwd_convert_dq_kernel<Element, kHeadDim><<<convert_blocks, kPrepostThreads, 0, stream>>>(params);
     return nullptr;
 }
 
