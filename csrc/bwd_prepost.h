@@ -6,6 +6,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
 #include <cutlass/numeric_types.h>
 
@@ -21,6 +22,11 @@ constexpr int kPrepostThreadsPerRow = 16;  // one (token, head) row per 16 threa
 constexpr int kDotRowsPerGroup = 2;
 constexpr int kConvertRowsPerGroup = 4;
 constexpr int kPrepostGroups = kPrepostThreads / kPrepostThreadsPerRow;
+
+// The (token, query head) rows both kernels cover.
+__host__ __device__ __forceinline__ int64_t prepost_rows(const BwdParams &p) {
+    return int64_t(p.shape.total_q) * p.shape.num_heads_q;
+}
 
 template <int kRowsPerGroup>
 inline int prepost_blocks(int64_t rows) {
@@ -46,7 +52,7 @@ template <typename Element, int kBucket>
 __global__ void __launch_bounds__(kPrepostThreads) bwd_dot_do_o_kernel(const __grid_constant__ BwdParams p) {
     constexpr int kChunks = kPrepostChunks<kBucket>;
     const int heads = p.shape.num_heads_q;
-    const int64_t rows = int64_t(p.shape.total_q) * heads;
+    const int64_t rows = prepost_rows(p);
     const int lane = threadIdx.x % kPrepostThreadsPerRow;
     uint4 dout_v[kDotRowsPerGroup][kChunks], out_v[kDotRowsPerGroup][kChunks];
 #pragma unroll
@@ -123,7 +129,7 @@ template <typename Element, int kBucket>
 __global__ void __launch_bounds__(kPrepostThreads) bwd_convert_dq_kernel(const __grid_constant__ BwdParams p) {
     constexpr int kChunks = kPrepostChunks<kBucket>;
     const int heads = p.shape.num_heads_q;
-    const int64_t rows = int64_t(p.shape.total_q) * heads;
+    const int64_t rows = prepost_rows(p);
     const int lane = threadIdx.x % kPrepostThreadsPerRow;
     // Every row's accumulator is read before any is known to be written: rows no key block reached hold whatever
     // the allocation held, and are replaced by zeros below.
@@ -167,6 +173,20 @@ __global__ void __launch_bounds__(kPrepostThreads) bwd_convert_dq_kernel(const _
                            : make_uint4(0u, 0u, 0u, 0u);
         }
     }
+}
+
+// Host side, shared by both backwards' launchers: D before the attention kernel, the conversion after it. Each
+// assumes prepost_rows(p) > 0 (a zero-block launch is an error).
+template <typename Element, int kBucket>
+void launch_bwd_dot_do_o(const BwdParams &p, cudaStream_t stream) {
+    bwd_dot_do_o_kernel<Element, kBucket>
+        <<<prepost_blocks<kDotRowsPerGroup>(prepost_rows(p)), kPrepostThreads, 0, stream>>>(p);
+}
+
+template <typename Element, int kBucket>
+void launch_bwd_convert_dq(const BwdParams &p, cudaStream_t stream) {
+    bwd_convert_dq_kernel<Element, kBucket>
+        <<<prepost_blocks<kConvertRowsPerGroup>(prepost_rows(p)), kPrepostThreads, 0, stream>>>(p);
 }
 
 }  // namespace flash_tree_attn

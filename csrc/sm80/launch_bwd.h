@@ -28,17 +28,14 @@ const char *run_sm80_bwd(BwdParams &params, cudaStream_t stream) {
     if (!roomy) {
         if (const char *err = sm80::smem_shortfall(params, Compact::kSmemBytes, /*backward=*/true)) return err;
     }
-    const int64_t rows = int64_t(params.shape.total_q) * params.shape.num_heads_q;
-    if (rows == 0) return nullptr;
-    const int dot_blocks = prepost_blocks<kDotRowsPerGroup>(rows);
-    bwd_dot_do_o_kernel<Element, kHeadDim><<<dot_blocks, kPrepostThreads, 0, stream>>>(params);
+    if (prepost_rows(params) == 0) return nullptr;
+    launch_bwd_dot_do_o<Element, kHeadDim>(params, stream);
     if (roomy) {
         launch_sm80_bwd_kernel<typename Config::Traits, kCausal>(params, stream);
     } else {
         launch_sm80_bwd_kernel<Compact, kCausal>(params, stream);
     }
-    const int convert_blocks = prepost_blocks<kConvertRowsPerGroup>(rows);
-    bwd_convert_dq_kernel<Element, kHeadDim><<<convert_blocks, kPrepostThreads, 0, stream>>>(params);
+    launch_bwd_convert_dq<Element, kHeadDim>(params, stream);
     return nullptr;
 }
 

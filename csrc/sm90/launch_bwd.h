@@ -17,13 +17,11 @@ const char *run_sm90_bwd(BwdParams &params, cudaStream_t stream) {
     using namespace cute;
     using Traits = typename sm90::BwdConfig<kHeadDim, Element>::Traits;
     const auto &sh = params.shape;
-    const int64_t rows = int64_t(sh.total_q) * sh.num_heads_q;
-    if (rows == 0) return nullptr;
+    if (prepost_rows(params) == 0) return nullptr;
     // The kernel that adds dQ by TMA stores each (query head, query block)'s first tile; the deterministic mode
     // keeps the zeroed accumulator, whose +0 the order's argument relies on (write_dq).
     params.dq_first_store = !Traits::kSplitHeadDim && !params.deterministic;
-    const int dot_blocks = prepost_blocks<kDotRowsPerGroup>(rows);
-    bwd_dot_do_o_kernel<Element, kHeadDim><<<dot_blocks, kPrepostThreads, 0, stream>>>(params);
+    launch_bwd_dot_do_o<Element, kHeadDim>(params, stream);
 
     const int64_t ctas = bwd_grid_size<Traits::kBlockN>(params);
     if (ctas > 0) {
@@ -65,8 +63,7 @@ const char *run_sm90_bwd(BwdParams &params, cudaStream_t stream) {
         kernel<<<dim3(unsigned(ctas)), Traits::kNThreads, Traits::kSmemBytes, stream>>>(params, tma_q, tma_do, tma_k, tma_v,
                                                                                          tma_dq, tma_dq_store);
     }
-    const int convert_blocks = prepost_blocks<kConvertRowsPerGroup>(rows);
-    bwd_convert_dq_kernel<Element, kHeadDim><<<convert_blocks, kPrepostThreads, 0, stream>>>(params);
+    launch_bwd_convert_dq<Element, kHeadDim>(params, stream);
     return nullptr;
 }
 
