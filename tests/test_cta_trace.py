@@ -53,3 +53,16 @@ def test_summary_recovers_the_cost_model(kind):
 def test_an_untraced_launch_is_an_error():
     with pytest.raises(ValueError, match="cta_trace.patch"):
         cta_trace.summarize(np.zeros(cta_trace.SLOTS * 4, dtype=np.int64), "fwd")
+
+
+def test_the_trace_patch_applies_to_the_sources():
+    """The patch edits kernel sources by context: a kernel change that moves its lines must refresh it (apply it with
+    --reject, place the rejected hunks, regenerate), or the tool stops working unseen (it had, by 3af3769)."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("needs git and a git checkout")
+    r = subprocess.run(["git", "apply", "--check", "tools/cta_trace.patch"], cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
