@@ -1,5 +1,7 @@
 """tools/cta_trace.py: the summary of per-CTA timestamps (synthetic traces). CPU only (tracing needs the patched
 extension on the GPU)."""
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -58,9 +60,6 @@ def test_an_untraced_launch_is_an_error():
 def test_the_trace_patch_applies_to_the_sources():
     """The patch edits kernel sources by context: a kernel change that moves its lines must refresh it (apply it with
     --reject, place the rejected hunks, regenerate), or the tool stops working unseen (it had, by 3af3769)."""
-    import shutil
-    import subprocess
-
     root = Path(__file__).resolve().parents[1]
     if shutil.which("git") is None or not (root / ".git").exists():
         pytest.skip("needs git and a git checkout")
