@@ -245,10 +245,11 @@ __forceinline__ __device__ void consume(const FwdParams &params, Storage &smem, 
     };
 
     float factor[kRows];  // the rescale the last softmax owes acc_o, applied before the next PV GEMM
+    bool rescale_o = false;  // whether any row of the warp owes one (update_scores)
     wait_full(smem.k_full[cur.stage], cur.phase);
     int n_block = smem.stage_block[cur.stage];
     if (n_block != kNoBlock) {
-        // Prologue: block 0 alone. acc_o is still zero; rescaling it by block 0's (finite) factor keeps it so.
+        // Prologue: block 0 alone. acc_o is still zero, so block 0's factor is not applied.
         {
             const int s = cur.stage;
             const TileKind kind = static_cast<TileKind>(smem.stage_kind[s]);
@@ -271,7 +272,7 @@ __forceinline__ __device__ void consume(const FwdParams &params, Storage &smem, 
             const TileKind kind = static_cast<TileKind>(smem.stage_kind[s]);
 
             wgmma_issue</*kZeroInit=*/true>(mma_s, tSrQ, tSrK(_, _, _, s), acc_s);
-            softmax.rescale(acc_o_rc, factor);
+            if (rescale_o) softmax.rescale(acc_o_rc, factor);
             wait_full(smem.v_full[v_cur.stage], v_cur.phase);
             wgmma_issue</*kZeroInit=*/false>(mma_o, tOrP, tOrV(_, _, _, v_cur.stage), acc_o);
             // Batches retire in order: one left pending means S_j is done and only the PV GEMM may still run.
@@ -279,7 +280,7 @@ __forceinline__ __device__ void consume(const FwdParams &params, Storage &smem, 
             warpgroup_fence_operand(acc_s);
             mask_if_partial(kind, n_block, s);
             release(smem.k_empty[s]);
-            softmax.update_scores(scores, params.softmax_scale_log2, factor);
+            rescale_o = softmax.update_scores(scores, params.softmax_scale_log2, factor);
 
             // The next block's K (or the end marker) is waited for here, before waiting for the PV GEMM: ptxas
             // hoists the wgmma wait to the top of its basic block, which would put it ahead of the softmax
@@ -301,7 +302,7 @@ __forceinline__ __device__ void consume(const FwdParams &params, Storage &smem, 
             convert_p();
         }
         // Epilogue of the pipeline: the last block's O += P V.
-        softmax.rescale(acc_o_rc, factor);
+        if (rescale_o) softmax.rescale(acc_o_rc, factor);
         wait_full(smem.v_full[v_cur.stage], v_cur.phase);
         wgmma_issue</*kZeroInit=*/false>(mma_o, tOrP, tOrV(_, _, _, v_cur.stage), acc_o);
         warpgroup_wait<0>();
