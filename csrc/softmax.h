@@ -138,8 +138,8 @@ struct OnlineSoftmax {
     // the tile's probabilities are then at most 2^8, exact enough in fp32 and in bf16/fp16 (whose rounding is
     // relative), and the LSE is computed from the max actually subtracted. So after a row's first few key blocks
     // its max rarely moves, and the warp skips the multiplies of the output rescale. The sm90 forward ran 1.9-2.6%
-    // faster on every workload in two same-run A/Bs on the H200, the sm80 forward level (bench_results/RESULTS.md,
-    // thirty-sixth session).
+    // faster on every workload at head dim 128 in two same-run A/Bs on the H200, 1.7% at 64 and 6.5% at 256; the
+    // sm80 forward level (bench_results/RESULTS.md, thirty-sixth session).
     static constexpr float kMaxGrowthLog2 = 8.f;
     template <class S>
     __forceinline__ __device__ bool update_scores(S &scores, float scale_log2, float (&factor)[kRows]) {
