@@ -59,7 +59,8 @@ def test_an_untraced_launch_is_an_error():
 
 def test_the_trace_patch_applies_to_the_sources():
     """The patch edits kernel sources by context: a kernel change that moves its lines must refresh it (apply it with
-    --reject, place the rejected hunks, regenerate), or the tool stops working unseen (it had, by 3af3769)."""
+    --3way, or with --reject and place the rejected hunks; then regenerate it with git diff), or the tool stops
+    working unseen (it had, by 3af3769)."""
     root = Path(__file__).resolve().parents[1]
     if shutil.which("git") is None or not (root / ".git").exists():
         pytest.skip("needs git and a git checkout")
