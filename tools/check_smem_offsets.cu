@@ -2,14 +2,16 @@
 // the sm90 backward, every consumer thread and every element of the fragments stored that way (dS^T and dQ,
 // head dims up to 128), the element's offset in the swizzled shared-memory tile equals the thread's first
 // offset XOR thread 0's offset of the element, and equals it with the constant's bits outside
-// thread_offset_bits (which no thread's first offset has) added instead of XORed. The other stores of the sm90
+// thread_offset_bits (which no thread's first offset has) added instead of XORed; where the dQ stores exchange
+// the pairs of odd rows (kDqExchange), every exchanged offset too. The other stores of the sm90
 // kernels (the forward's O; the backward's dK and dV, and P^T and dS^T where its warpgroups split the head dim)
 // take whole offsets and are printed for information only: dK and dV at head dim 192 break the premise. Build
 // and run on any machine with nvcc (no GPU needed):
 //   nvcc -std=c++17 --expt-relaxed-constexpr -I csrc -I $CUTLASS_INCLUDE -o /tmp/check_smem_offsets \
 //       tools/check_smem_offsets.cu && /tmp/check_smem_offsets
 // ($CUTLASS_INCLUDE: the nvidia-cutlass package's cutlass_library/source/include.) Prints one line per store
-// site and exits non-zero if any offset breaks the premise.
+// site, with the shared-memory wavefronts of a warp's store there, and exits non-zero if any offset breaks the
+// premise.
 #include <cstdio>
 
 #include <cutlass/numeric_types.h>
@@ -23,11 +25,37 @@ using namespace flash_tree_attn::sm90;
 
 static int failures = 0;
 
-template <class TiledMma, class Offsets>
+// The shared-memory wavefronts of one warp's store of pair i: lanes in groups of 128 bytes (16 lanes for 8-byte
+// pairs), per group the most distinct 4-byte words any bank takes.
+template <int kPairBytes>
+int wavefronts(const int (&word)[32]) {
+    constexpr int kGroup = 128 / kPairBytes;
+    int total = 0;
+    for (int g = 0; g < 32; g += kGroup) {
+        int most = 0;
+        for (int bank = 0; bank < 32; ++bank) {
+            int words[64], n = 0;
+            for (int l = g; l < g + kGroup; ++l) {
+                for (int w = word[l]; w < word[l] + kPairBytes / 4; ++w) {
+                    bool seen = w % 32 != bank;
+                    for (int k = 0; k < n && !seen; ++k) seen = words[k] == w;
+                    if (!seen) words[n++] = w;
+                }
+            }
+            most = n > most ? n : most;
+        }
+        total += most;
+    }
+    return total;
+}
+
+// Checks the premise for every thread and element, and prints the wavefronts per warp store of column pairs of
+// kElementBytes-byte elements.
+template <int kElementBytes, class TiledMma, class Offsets>
 void check(const char *site, bool required, int threads, TiledMma const &mma, Offsets const &offsets) {
     Tensor first = mma.get_thread_slice(0).partition_C(offsets);
     constexpr int kThreadBits = thread_offset_bits<TiledMma, Offsets>();
-    int bad = 0, elements = 0;
+    int bad = 0, elements = 0, waves = 0, stores = 0;
     for (int t = 0; t < threads; ++t) {
         Tensor mine = mma.get_thread_slice(t).partition_C(offsets);
         for (int i = 0; i < size(mine); ++i, ++elements) {
@@ -35,9 +63,50 @@ void check(const char *site, bool required, int threads, TiledMma const &mma, Of
             bad += mine(i) != (mine(0) ^ e) || mine(i) != ((mine(0) ^ (e & kThreadBits)) + (e & ~kThreadBits));
         }
     }
-    std::printf("%-40s %6d elements, %5d break the premise%s\n", site, elements, bad,
-                required ? "" : " (whole offsets, for information)");
+    for (int i = 0; i < size(first); i += 2) {
+        for (int warp = 0; warp < threads / 32; ++warp, ++stores) {
+            int word[32];
+            for (int lane = 0; lane < 32; ++lane) {
+                word[lane] = mma.get_thread_slice(warp * 32 + lane).partition_C(offsets)(i) * kElementBytes / 4;
+            }
+            waves += wavefronts<2 * kElementBytes>(word);
+        }
+    }
+    std::printf("%-40s %6d elements, %5d break the premise, wavefronts per store %.2f%s\n", site, elements, bad,
+                double(waves) / stores, required ? "" : " (whole offsets, for information)");
     if (required) failures += bad;
+}
+
+// The dQ stores with odd rows exchanged (kDqExchange): where every thread stores, at each pair i, its pair
+// i ^ kExchange if its rows are odd (thread bit 2), the offset store_column_pairs_xor computes must be that
+// pair's; and the wavefronts per warp store, with and without the exchange, are printed (fp32 pairs).
+template <int kExchange, class TiledMma, class Offsets>
+void check_exchange(const char *site, int threads, TiledMma const &mma, Offsets const &offsets) {
+    Tensor first = mma.get_thread_slice(0).partition_C(offsets);
+    constexpr int kThreadBits = thread_offset_bits<TiledMma, Offsets>();
+    const int flip = first(kExchange) ^ first(0);
+    int bad = 0, elements = 0, plain = 0, staggered = 0, stores = 0;
+    for (int i = 0; i < size(first); i += 2) {
+        for (int warp = 0; warp < threads / 32; ++warp, ++stores) {
+            int word_plain[32], word_staggered[32];
+            for (int lane = 0; lane < 32; ++lane, ++elements) {
+                const int t = warp * 32 + lane;
+                Tensor mine = mma.get_thread_slice(t).partition_C(offsets);
+                const bool odd = (t >> 2) & 1;
+                const int base = odd ? mine(0) ^ flip : mine(0);
+                const int e = first(i);
+                const int at = (base ^ (e & kThreadBits)) + (e & ~kThreadBits);
+                bad += at != mine(odd ? i ^ kExchange : i);
+                word_plain[lane] = mine(i);  // fp32: the offset in floats is the word
+                word_staggered[lane] = at;
+            }
+            plain += wavefronts<8>(word_plain);
+            staggered += wavefronts<8>(word_staggered);
+        }
+    }
+    std::printf("%-40s %6d pairs, %5d break the exchange; wavefronts per store %.2f -> %.2f\n", site, elements,
+                bad, double(plain) / stores, double(staggered) / stores);
+    failures += bad;
 }
 
 template <int kHeadDim, typename Element>
@@ -45,21 +114,26 @@ void check_head_dim(const char *dtype) {
     char site[64];
     using Fwd = typename FwdConfig<kHeadDim, Element>::Traits;
     std::snprintf(site, sizeof(site), "fwd D=%d %s: O", kHeadDim, dtype);
-    check(site, false, Fwd::kConsumerThreads, typename Fwd::TiledMmaO{}, smem_offsets(typename Fwd::SmemLayoutQ{}));
+    check<sizeof(Element)>(site, false, Fwd::kConsumerThreads, typename Fwd::TiledMmaO{}, smem_offsets(typename Fwd::SmemLayoutQ{}));
     using Bwd = typename BwdConfig<kHeadDim, Element>::Traits;
     std::snprintf(site, sizeof(site), "bwd D=%d %s: dK, dV", kHeadDim, dtype);
-    check(site, false, Bwd::kConsumerThreads, typename Bwd::TiledMmadKV{}, smem_offsets(typename Bwd::SmemLayoutK{}));
+    check<sizeof(Element)>(site, false, Bwd::kConsumerThreads, typename Bwd::TiledMmadKV{}, smem_offsets(typename Bwd::SmemLayoutK{}));
     if constexpr (Bwd::kSplitHeadDim) {
         std::snprintf(site, sizeof(site), "bwd D=%d %s: P^T, dS^T", kHeadDim, dtype);
-        check(site, false, Bwd::kConsumerThreads, typename Bwd::TiledMmaSdP{},
+        check<sizeof(Element)>(site, false, Bwd::kConsumerThreads, typename Bwd::TiledMmaSdP{},
               smem_offsets(typename Bwd::SmemLayoutPt{}));
     } else {
         std::snprintf(site, sizeof(site), "bwd D=%d %s: dS^T", kHeadDim, dtype);
-        check(site, true, Bwd::kConsumerThreads, typename Bwd::TiledMmaSdP{},
+        check<sizeof(Element)>(site, true, Bwd::kConsumerThreads, typename Bwd::TiledMmaSdP{},
               smem_offsets(typename Bwd::SmemLayoutdSt{})(_, _, 0));
         std::snprintf(site, sizeof(site), "bwd D=%d %s: dQ", kHeadDim, dtype);
-        check(site, true, Bwd::kConsumerThreads, typename Bwd::TiledMmadQ{},
+        check<4>(site, true, Bwd::kConsumerThreads, typename Bwd::TiledMmadQ{},
               smem_offsets(typename Bwd::SmemLayoutdQ{}));
+        if constexpr (Bwd::kDqExchange != 0) {
+            std::snprintf(site, sizeof(site), "bwd D=%d %s: dQ, odd rows exchanged", kHeadDim, dtype);
+            check_exchange<Bwd::kDqExchange>(site, Bwd::kConsumerThreads, typename Bwd::TiledMmadQ{},
+                                             smem_offsets(typename Bwd::SmemLayoutdQ{}));
+        }
     }
 }
 

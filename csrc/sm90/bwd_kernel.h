@@ -304,6 +304,8 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     Tensor odQ = smem_offsets(typename Traits::SmemLayoutdQ{});
     const int dst_first = first_offset(mma_sdp, tid, odSt);
     const int dq_first = first_offset(mma_dq, tid, odQ);
+    // Whether this thread's accumulator rows are odd: lanes 4-7 of every 8 (the wgmma accumulator layout).
+    const bool odd_row = (tid >> 2) & 1;
     constexpr size_t kDsBufferBytes = kBlockM * kBlockN * sizeof(Element);
 
     Tensor acc_dk = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
@@ -341,7 +343,7 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     auto hand_over_dq = [&](int buf) {
         if constexpr (kHandOverUnderScores) warpgroup_wait<1>();
         cutlass::arch::NamedBarrier::sync(kDqHandshake, kDqEmpty + buf);
-        store_column_pairs_xor(acc_dq, mma_dq, dq_first, odQ, smem.dq[buf]);
+        store_column_pairs_xor<Traits::kDqExchange>(acc_dq, mma_dq, dq_first, odQ, smem.dq[buf], odd_row);
         cutlass::arch::fence_view_async_shared();  // visible to TMA (async proxy)
         cutlass::arch::NamedBarrier::arrive(kDqHandshake, kDqFull + buf);
     };

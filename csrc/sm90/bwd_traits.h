@@ -103,6 +103,10 @@ struct BwdTraits : BwdTraitsBase<Element_, kHeadDim_, /*kBlockM=*/64, /*kBlockN=
     // dQ of one step in fp32, 128-byte swizzled: the consumers' column-pair stores of 8 rows fall in different
     // banks, and TMA reads it as boxes of 32 columns.
     using SmemLayoutdQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<float>{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+    // The dQ stores' exchange for odd rows (store_column_pairs_xor): a thread's value pairs i and i ^ 8 lie two
+    // 8-column groups apart in one 32-column swizzle row where each warpgroup's columns start on one, i.e. at head
+    // dims 64 and 128; at 96 the stores keep their conflicts.
+    static constexpr int kDqExchange = (kHeadDim / kConsumerWarpgroups) % 32 == 0 ? 8 : 0;
 
     struct SharedStorage : Base::StageState {
         alignas(1024) Element k[cosize_v<SmemLayoutK>];

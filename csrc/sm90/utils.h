@@ -131,18 +131,35 @@ __forceinline__ __device__ int first_offset(TiledMma const &mma, int thread, Off
 // loop), `base` the buffer written. The other stores keep store_column_pairs above: whole offsets through
 // smem_offsets made ptxas spill in the forward and in the head-dim-256 backward, where the pointer form spills
 // nothing.
-template <class Frag, class TiledMma, class Offsets, typename T>
+//
+// kExchange (0: none) staggers the stores of odd rows: a thread with `exchange` set (its rows are odd) stores, in
+// the place of its pair i, its pair i ^ kExchange, whose offset is pair i's XOR one constant (thread 0's
+// first(kExchange) ^ first(0); tools/check_smem_offsets.cu checks every thread and pair). For the fp32 dQ tile
+// (128-byte swizzle, 8-byte pairs) the 4 rows of a half warp otherwise fall on the same banks in pairs, rows r and
+// r ^ 1, and each store takes 4 shared-memory wavefronts instead of 2; with the odd rows two column groups over,
+// each half warp's 4 rows cover the 32 banks once. The cost, one select per stored value, bought a 0.3-2.6% faster
+// backward (bench_results/RESULTS.md, thirty-eighth session).
+template <int kExchange = 0, class Frag, class TiledMma, class Offsets, typename T>
 __forceinline__ __device__ void store_column_pairs_xor(Frag const &frag, TiledMma const &mma, int thread_offset,
-                                                       Offsets const &offsets, T *base) {
+                                                       Offsets const &offsets, T *base, bool exchange = false) {
     using Pair = cutlass::AlignedArray<T, 2>;
     constexpr int kThreadBits = thread_offset_bits<TiledMma, Offsets>();
     Tensor first = mma.get_thread_slice(0).partition_C(offsets);
     static_assert(decltype(size(first))::value == decltype(size(frag))::value);
+    static_assert(kExchange % 2 == 0 && kExchange < decltype(size(frag))::value);
+    if constexpr (kExchange != 0) {
+        if (exchange) thread_offset ^= first(kExchange) ^ first(0);
+    }
     CUTE_UNROLL
     for (int i = 0; i < size(frag); i += 2) {  // (i, i+1): neighbouring columns of one row
         Pair pair;
-        pair[0] = T(frag(i));
-        pair[1] = T(frag(i + 1));
+        if constexpr (kExchange != 0) {
+            pair[0] = T(exchange ? frag(i ^ kExchange) : frag(i));
+            pair[1] = T(exchange ? frag((i ^ kExchange) + 1) : frag(i + 1));
+        } else {
+            pair[0] = T(frag(i));
+            pair[1] = T(frag(i + 1));
+        }
         const int e = first(i);
         *reinterpret_cast<Pair *>(base + ((thread_offset ^ (e & kThreadBits)) + (e & ~kThreadBits))) = pair;
     }
