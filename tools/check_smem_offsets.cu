@@ -122,6 +122,16 @@ void check_head_dim(const char *dtype) {
         std::snprintf(site, sizeof(site), "bwd D=%d %s: P^T, dS^T", kHeadDim, dtype);
         check<sizeof(Element)>(site, false, Bwd::kConsumerThreads, typename Bwd::TiledMmaSdP{},
               smem_offsets(typename Bwd::SmemLayoutPt{}));
+        // dQ's per-warp staging tile (reduce_dq_staged): the lanes' 8-byte column-pair stores, then 16-byte loads
+        // of whole rows.
+        constexpr int kCols = Bwd::kDqStageCols, kStride = Bwd::kDqStageStride;
+        int store[32], load[32];
+        for (int lane = 0; lane < 32; ++lane) {
+            store[lane] = (lane / 4) * kStride + 2 * (lane % 4);
+            load[lane] = (lane / (kCols / 4)) * kStride + 4 * (lane % (kCols / 4));
+        }
+        std::printf("bwd D=%d %s: dQ staging, rows of %d floats  wavefronts per store %d, per load %d\n", kHeadDim,
+                    dtype, kStride, wavefronts<8>(store), wavefronts<16>(load));
     } else {
         std::snprintf(site, sizeof(site), "bwd D=%d %s: dS^T", kHeadDim, dtype);
         check<sizeof(Element)>(site, true, Bwd::kConsumerThreads, typename Bwd::TiledMmaSdP{},

@@ -173,11 +173,13 @@ struct BwdSplitDimTraits : BwdTraitsBase<Element_, kHeadDim_, /*kBlockM=*/64, /*
     // dQ reaches the accumulator through a per-warp staging tile of 8 rows x 32 columns: each lane holds two
     // neighbouring columns of a row in the wgmma accumulator, which as 8-byte reductions updates one 32-byte
     // sector of 8 rows per instruction; read back row-contiguous, each reduction instruction updates four whole
-    // 128-byte lines (the L2 ran at 85% of its throughput on the 8-byte form). Rows padded to 36 floats: the
-    // lanes' stores and loads then take the fewest shared-memory wavefronts.
+    // 128-byte lines (the L2 ran at 85% of its throughput on the 8-byte form). Rows padded to 40 floats: a half
+    // warp's 8-byte stores (4 rows x 8 columns) then start 8 banks apart and cover the 32 banks once, 2 wavefronts
+    // per store (with 36, rows r and r + 1 shared 4 banks: 4 wavefronts); each 16-byte load reads whole rows, 4
+    // wavefronts whatever the padding.
     static constexpr int kDqStageRows = 8;
     static constexpr int kDqStageCols = 32;
-    static constexpr int kDqStageStride = kDqStageCols + 4;
+    static constexpr int kDqStageStride = kDqStageCols + 8;
 
     struct SharedStorage : Base::StageState {
         alignas(1024) Element k[cosize_v<SmemLayoutK>];
