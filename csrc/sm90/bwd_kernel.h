@@ -330,18 +330,18 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
         key_value[r] = key_mask_value_at(has_tree, params.tree_end_k, k_offset, col0 + get<0>(tScS_rc(r, 0)), seqlen_k);
     }
 
-    // Above head dim 64, a step's S^T GEMM is issued as soon as its stage is in, and the previous step's dQ goes
-    // to shared memory while it runs. The loop carries dQ, not S^T: registers an in-flight wgmma writes may not
-    // cross the back edge or a branch that skips the issue without ptxas waiting for the wgmma there (C7517),
-    // and the wait<1> before dQ is read shows ptxas that the wgmma which wrote it has retired (it has, since
-    // the previous step's wait<0>), where it would otherwise wait for the S^T GEMM. At head dim 64 that GEMM is
-    // too short to hide the hand-over (the backward ran 4% slower; at 96 this order is 2% faster), so each step
-    // hands its own dQ over at its end there (bench_results/RESULTS.md, seventeenth session).
-    constexpr bool kHandOverUnderScores = kHeadDim > 64;
+    // A step's S^T GEMM is issued as soon as its stage is in, and the previous step's dQ goes to shared memory
+    // while it runs. The loop carries dQ, not S^T: registers an in-flight wgmma writes may not cross the back edge
+    // or a branch that skips the issue without ptxas waiting for the wgmma there (C7517), and the wait<1> before
+    // dQ is read shows ptxas that the wgmma which wrote it has retired (it has, since the previous step's wait<0>),
+    // where it would otherwise wait for the S^T GEMM. From the seventeenth to the thirty-seventh session head dim
+    // 64 handed each step's dQ over at the step's end instead (its shorter S^T GEMM hid the hand-over's
+    // bank-conflicted stores badly: 4% slower this way); with the stores free of conflicts this order is 2.5% faster
+    // there too (bench_results/RESULTS.md, thirty-eighth session).
     Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
     // Hands a step's dQ to the writer warp once it has read the tile this buffer held before.
     auto hand_over_dq = [&](int buf) {
-        if constexpr (kHandOverUnderScores) warpgroup_wait<1>();
+        warpgroup_wait<1>();
         cutlass::arch::NamedBarrier::sync(kDqHandshake, kDqEmpty + buf);
         store_column_pairs_xor<Traits::kDqExchange>(acc_dq, mma_dq, dq_first, odQ, smem.dq[buf], odd_row);
         cutlass::arch::fence_view_async_shared();  // visible to TMA (async proxy)
@@ -354,17 +354,13 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
         wait_full(smem.q_full[s], cur.phase);
         const int m_block = smem.stage_block[s];
         if (m_block == kNoBlock) {
-            if constexpr (kHandOverUnderScores) {
-                if (step > 0) hand_over_dq((step - 1) & 1);
-            }
+            if (step > 0) hand_over_dq((step - 1) & 1);
             break;
         }
         Tensor acc_s = partition_fragment_C(mma_sdp, Shape<Int<kBlockN>, Int<kBlockM>>{});
         Tensor acc_dp = partition_fragment_C(mma_sdp, Shape<Int<kBlockN>, Int<kBlockM>>{});
         wgmma_issue</*kZeroInit=*/true>(mma_sdp, tSrK, tSrQ(_, _, _, s), acc_s);
-        if constexpr (kHandOverUnderScores) {
-            if (step > 0) hand_over_dq((step - 1) & 1);
-        }
+        if (step > 0) hand_over_dq((step - 1) & 1);
         wgmma_issue</*kZeroInit=*/true>(mma_sdp, tdPrV, tdPrdO(_, _, _, s), acc_dp);
         const TileKind kind = static_cast<TileKind>(smem.stage_kind[s]);
         const int row0 = m_block * kBlockM;
@@ -414,7 +410,6 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
         warpgroup_fence_operand(acc_dk);
         warpgroup_fence_operand(acc_dv);
         release(smem.q_empty[s]);
-        if constexpr (!kHandOverUnderScores) hand_over_dq(buf);
         cur.advance();
     }
     // Both buffers drained: this takes the writer's last arrival on each (one per buffer more than the steps
