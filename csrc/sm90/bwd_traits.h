@@ -100,8 +100,8 @@ struct BwdTraits : BwdTraitsBase<Element_, kHeadDim_, /*kBlockM=*/64, /*kBlockN=
                                                 Shape<Int<kBlockM>, Int<kBlockN>, _2>{}));
     using SmemLayoutdSt = decltype(composition(
         SmemLayoutdS{}, make_ordered_layout(Shape<Int<kBlockN>, Int<kBlockM>, _2>{}, Step<_2, _1, _3>{})));
-    // dQ of one step in fp32, 128-byte swizzled: the consumers' column-pair stores of 8 rows fall in different
-    // banks, and TMA reads it as boxes of 32 columns.
+    // dQ of one step in fp32, 128-byte swizzled, which TMA reads as boxes of 32 columns; the consumers' column-pair
+    // stores fall in different banks where they exchange the pairs of odd rows (kDqExchange below).
     using SmemLayoutdQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<float>{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
     // The dQ stores' exchange for odd rows (store_column_pairs_xor): a thread's value pairs i and i ^ 8 lie two
     // 8-column groups apart in one 32-column swizzle row where each warpgroup's columns start on one, i.e. at head

@@ -137,7 +137,7 @@ __forceinline__ __device__ int first_offset(TiledMma const &mma, int thread, Off
 // first(kExchange) ^ first(0); tools/check_smem_offsets.cu checks every thread and pair). For the fp32 dQ tile
 // (128-byte swizzle, 8-byte pairs) the 4 rows of a half warp otherwise fall on the same banks in pairs, rows r and
 // r ^ 1, and each store takes 4 shared-memory wavefronts instead of 2; with the odd rows two column groups over,
-// each half warp's 4 rows cover the 32 banks once. The cost, one select per stored value, bought a 0.3-2.6% faster
+// each half warp's 4 rows cover the 32 banks once. The cost, one select per stored value, bought a 0.3-2.4% faster
 // backward (bench_results/RESULTS.md, thirty-eighth session).
 template <int kExchange = 0, class Frag, class TiledMma, class Offsets, typename T>
 __forceinline__ __device__ void store_column_pairs_xor(Frag const &frag, TiledMma const &mma, int thread_offset,
