@@ -11,7 +11,7 @@
 //       tools/check_smem_offsets.cu && /tmp/check_smem_offsets
 // ($CUTLASS_INCLUDE: the nvidia-cutlass package's cutlass_library/source/include.) Prints one line per store
 // site, with the shared-memory wavefronts of a warp's store there, and exits non-zero if any offset breaks the
-// premise.
+// premise or dQ's exchanged or staging stores take more than the 2 wavefronts their bytes need.
 #include <cstdio>
 
 #include <cutlass/numeric_types.h>
@@ -78,7 +78,7 @@ void check(const char *site, bool required, int threads, TiledMma const &mma, Of
 }
 
 // The dQ stores with odd rows exchanged (kDqExchange): where every thread stores, at each pair i, its pair
-// i ^ kExchange if its rows are odd (thread bit 2), the offset store_column_pairs_xor computes must be that
+// i ^ kExchange if its rows are odd (accumulator_rows_odd), the offset store_column_pairs_xor computes must be that
 // pair's, and each warp store must take 2 wavefronts, the fewest for its 256 bytes; the wavefronts with and
 // without the exchange are printed (fp32 pairs).
 template <int kExchange, class TiledMma, class Offsets>
@@ -93,7 +93,7 @@ void check_exchange(const char *site, int threads, TiledMma const &mma, Offsets 
             for (int lane = 0; lane < 32; ++lane, ++elements) {
                 const int t = warp * 32 + lane;
                 Tensor mine = mma.get_thread_slice(t).partition_C(offsets);
-                const bool odd = (t >> 2) & 1;
+                const bool odd = accumulator_rows_odd(t);
                 const int base = odd ? mine(0) ^ flip : mine(0);
                 const int e = first(i);
                 const int at = (base ^ (e & kThreadBits)) + (e & ~kThreadBits);

@@ -304,8 +304,7 @@ __forceinline__ __device__ void consume_bwd(const BwdParams &params, const SeqMa
     Tensor odQ = smem_offsets(typename Traits::SmemLayoutdQ{});
     const int dst_first = first_offset(mma_sdp, tid, odSt);
     const int dq_first = first_offset(mma_dq, tid, odQ);
-    // Whether this thread's accumulator rows are odd: lanes 4-7 of every 8 (the wgmma accumulator layout).
-    const bool odd_row = (tid >> 2) & 1;
+    const bool odd_row = accumulator_rows_odd(tid);
     constexpr size_t kDsBufferBytes = kBlockM * kBlockN * sizeof(Element);
 
     Tensor acc_dk = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});

@@ -117,6 +117,11 @@ __forceinline__ __device__ int first_offset(TiledMma const &mma, int thread, Off
     return mma.get_thread_slice(thread).partition_C(offsets)(0);
 }
 
+// Whether a thread's wgmma accumulator rows are odd: lanes 4-7 of every 8 hold rows 1, 3, 5, 7 of each 8 (the
+// accumulator layout). The threads store_column_pairs_xor exchanges pairs for; tools/check_smem_offsets.cu checks
+// the exchange with the same function.
+CUTE_HOST_DEVICE constexpr bool accumulator_rows_odd(int thread) { return (thread >> 2) & 1; }
+
 // store_column_pairs for the stores of the backward's step loop, with fewer integer instructions: an element's
 // offset is swizzle(t + e), t from the thread and e from the element's index in the fragment, and the swizzles
 // are XOR maps, so where t and e share no bit swizzle(t + e) = swizzle(t) ^ swizzle(e), the thread's first
