@@ -52,6 +52,21 @@ def test_summary_recovers_the_cost_model(kind):
     assert "fixed = 3.20 steps" in text and "gap between CTAs on an SM (ns): med 300" in text
 
 
+def test_forward_item_timeline_from_the_producer_slots():
+    rows = synthetic("fwd", per_step=2500, fixed=8000, gap_ns=300)
+    assert not cta_trace.summarize(rows.ravel(), "fwd")["events"]  # a trace without the producer slots
+    live = rows[:, 4] != 0
+    start = rows[:, 0]
+    for slot, offset in [(14, -4000), (12, -3000), (6, -2600), (13, -2400), (7, -1700), (5, 500)]:
+        rows[live, slot] = start[live] + offset
+    rows[live, 2] = start[live] + 1600  # first K in shared memory
+    s = cta_trace.summarize(rows.ravel(), "fwd")
+    assert np.all(s["events"]["first K issued"] == -1700)
+    assert np.all(s["events"]["first K in flight"] == 3300)
+    text = cta_trace.report("synthetic", "fwd", s)
+    assert "item timeline" in text and "first K in flight" in text
+
+
 def test_an_untraced_launch_is_an_error():
     with pytest.raises(ValueError, match="cta_trace.patch"):
         cta_trace.summarize(np.zeros(cta_trace.SLOTS * 4, dtype=np.int64), "fwd")

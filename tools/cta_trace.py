@@ -14,7 +14,9 @@ index); a forward row is a work item (tile_order.h's fwd_item index), since a pe
 and its "start" is when the consumers begin the item (for the CTA's first item, at the CTA's start):
   0 start (cycles), 8 start (ns), 9 end (ns), 10 SM id, 11 steps (forward: key blocks; backward: query tiles over
   all query heads of the group);
-  forward: 1 Q in shared memory, 2 first K in shared memory, 3 last PV GEMM retired, 4 epilogue done (cycles);
+  forward: 1 Q in shared memory, 5 the consumers' setup done (their first K wait begins), 2 first K in shared memory,
+  3 last PV GEMM retired, 4 epilogue done; and from the producer: 14 it knows the item, 12 it enters produce(), 6 it
+  issues Q, 13 it starts waiting for the first K's stage, 7 it issues that K (cycles);
   backward: 1 K/V in shared memory, 2 first stage in, 3 end marker seen, 4 dQ buffers drained, 5 dK/dV stored,
   6 dQ writer done, 7 producer starts its first tile, 12 producer's end marker (cycles).
 Rows of no work (query or key blocks past their sequence) leave slot 4 (forward) / 5 (backward) zero and are
@@ -37,6 +39,12 @@ PHASES = {
     "bwd": [("K/V ready", 0, 1), ("first stage ready", 0, 2), ("producer's first tile", 0, 7), ("mainloop", 2, 3),
             ("dQ drain", 3, 4), ("dK/dV epilogue", 4, 5)],
 }
+# The forward item's timeline around its start, in cycles from the consumers' start (slot 0); negative = before it.
+# Where the producer waited for the first K's stage and how long that K was in flight show whether an item's first
+# wait is the consumers' setup, the stage or the load (bench_results/RESULTS.md, thirty-ninth session).
+ITEM_EVENTS = [("producer knows the item", 14), ("producer enters produce()", 12), ("Q issued", 6),
+               ("first K's stage wait begins", 13), ("first K issued", 7), ("Q in shared memory", 1),
+               ("consumers' setup done", 5), ("first K in shared memory", 2)]
 
 
 def linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -57,6 +65,11 @@ def summarize(trace: np.ndarray, kind: str) -> dict:
     per_step, fixed = linear_fit(steps, total)
     phases = {name: done[:, b] - done[:, a] for name, a, b in PHASES[kind]}
     loop_per_step, loop_fixed = linear_fit(steps, phases["mainloop"])
+    # Item events (forward), where the build records them (traces of older patches leave the producer's slots zero).
+    events = {}
+    if kind == "fwd" and np.all(done[:, 14] != 0):
+        events = {name: done[:, slot] - done[:, 0] for name, slot in ITEM_EVENTS}
+        events["first K in flight"] = done[:, 2] - done[:, 7]
     # Gaps between consecutive CTAs on one SM, and how much of the launch's SM time CTAs occupy.
     sm, start, end = done[:, 10], done[:, 8], done[:, 9]
     order = np.lexsort((start, sm))
@@ -69,7 +82,7 @@ def summarize(trace: np.ndarray, kind: str) -> dict:
     return {
         "ctas": len(done), "steps_mean": steps.mean(), "steps_max": steps.max(),
         "cycles_per_step": per_step, "fixed_cycles": fixed, "loop_cycles_per_step": loop_per_step,
-        "loop_fixed_cycles": loop_fixed, "phases": phases, "gaps_ns": gaps, "span_ns": float(span),
+        "loop_fixed_cycles": loop_fixed, "phases": phases, "events": events, "gaps_ns": gaps, "span_ns": float(span),
         "occupied": float((end - start).sum() / (span * len(sms))), "last_end_ns": last_end,
     }
 
@@ -82,6 +95,9 @@ def report(name: str, kind: str, s: dict) -> str:
              f"   total cycles = {s['cycles_per_step']:.0f} * steps + {s['fixed_cycles']:.0f}  (fixed = "
              f"{s['fixed_cycles'] / s['cycles_per_step']:.2f} steps)"]
     lines += [f"   {k:24s} {dist(v)}" for k, v in s["phases"].items()]
+    if s["events"]:
+        lines.append("   item timeline, cycles from the consumers' start:")
+        lines += [f"     {k:30s} {dist(v)}" for k, v in s["events"].items()]
     lines.append(f"   mainloop cycles = {s['loop_cycles_per_step']:.0f} * steps + {s['loop_fixed_cycles']:.0f}")
     g = s["gaps_ns"]
     gap = f"med {np.median(g):.0f} mean {g.mean():.0f}" if len(g) else "none"
