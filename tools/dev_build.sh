@@ -12,13 +12,17 @@ dest=$(cd "$dest" && pwd)  # the build runs elsewhere (below): a relative destin
 # torch takes the toolkit from the directory above the nvcc on PATH, which is wrong where that nvcc is a wrapper
 # script (/usr/local/bin/nvcc on the development machines): nvcc itself says where it lives.
 if [ -z "${CUDA_HOME:-}" ]; then
-    top=$(nvcc --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n 1)
+    top=$(nvcc --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n 1) || true
     [ -n "$top" ] && export CUDA_HOME=$(cd "$top" && pwd)
 fi
 # torch's ATen/cuda headers include cuSPARSE and cuBLAS headers that an nvcc-only toolkit lacks; the CUDA wheels
 # that torch itself depends on carry them.
-for inc in $("$py" -c "import nvidia, glob; print(' '.join(glob.glob(nvidia.__path__[0] + '/*/include')))" 2>/dev/null); do
-    if [ -f "$inc/cusparse.h" ]; then export CPLUS_INCLUDE_PATH="${CPLUS_INCLUDE_PATH:+$CPLUS_INCLUDE_PATH:}$inc"; fi
+wheel_includes=$("$py" -c "import glob, nvidia; print(*glob.glob(nvidia.__path__[0] + '/*/include'))" 2>/dev/null) ||
+    true
+for inc in $wheel_includes; do
+    if [ -f "$inc/cusparse.h" ]; then
+        export CPLUS_INCLUDE_PATH="${CPLUS_INCLUDE_PATH:+$CPLUS_INCLUDE_PATH:}$inc"
+    fi
 done
 rsync -a --delete --exclude .git --exclude '*.so' --exclude build --exclude .so --exclude .whl "$src/" "$work/src/"
 export FLASH_TREE_ATTN_GIT_COMMIT=${FLASH_TREE_ATTN_GIT_COMMIT:-$(git -C "$src" rev-parse HEAD 2>/dev/null || echo unknown)}
