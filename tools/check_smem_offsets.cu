@@ -133,9 +133,10 @@ void check_head_dim(const char *dtype) {
             store[lane] = (lane / 4) * kStride + 2 * (lane % 4);
             load[lane] = (lane / (kCols / 4)) * kStride + 4 * (lane % (kCols / 4));
         }
+        const int store_waves = wavefronts<8>(store);
         std::printf("bwd D=%d %s: dQ staging, rows of %d floats  wavefronts per store %d, per load %d\n", kHeadDim,
-                    dtype, kStride, wavefronts<8>(store), wavefronts<16>(load));
-        failures += wavefronts<8>(store) != 2;
+                    dtype, kStride, store_waves, wavefronts<16>(load));
+        failures += store_waves != 2;
     } else {
         std::snprintf(site, sizeof(site), "bwd D=%d %s: dS^T", kHeadDim, dtype);
         check<sizeof(Element)>(site, true, Bwd::kConsumerThreads, typename Bwd::TiledMmaSdP{},

@@ -69,7 +69,7 @@ def summarize(trace: np.ndarray, kind: str) -> dict:
     events = {}
     if kind == "fwd" and np.all(done[:, 14] != 0):
         events = {name: done[:, slot] - done[:, 0] for name, slot in ITEM_EVENTS}
-        events["first K in flight"] = done[:, 2] - done[:, 7]
+        events["first K in flight"] = events["first K in shared memory"] - events["first K issued"]
     # Gaps between consecutive CTAs on one SM, and how much of the launch's SM time CTAs occupy.
     sm, start, end = done[:, 10], done[:, 8], done[:, 9]
     order = np.lexsort((start, sm))
