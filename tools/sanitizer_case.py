@@ -5,14 +5,15 @@
     (tools/run_gpu_checks.sh sanitize does this with PYTORCH_NO_CUDA_MEMORY_CACHING=1, so that every tensor is
     its own allocation and out-of-bounds accesses are not hidden inside the caching allocator's blocks)
 
-Three packed trees (ragged lengths that do not fill the tiles, a one-token leaf, a chain), bf16, GQA 4/2
-heads, head dims 64, 128 and 256 (those the extension was built with; on Hopper 256 runs the backward whose
-warpgroups split the head dim), tree-masked and plain causal, plus a deterministic backward; and, at one head dim
-(128 where built), the three trees repeated 24 times, so that the forward and backward have more tiles than the GPU
-has SMs and each persistent CTA of the sm90 path runs several, one after the other (with the backward deterministic
-too: CTAs then wait on each other's dQ additions). --no-repeat skips those (racecheck takes minutes over each;
-run_gpu_checks.sh passes it to racecheck only). Each output is checked against flash_tree_attn.reference.attention_ref
-(fp32).
+Three packed trees (ragged lengths that do not fill the tiles, a one-token leaf, a chain), bf16, GQA 4/2 heads,
+every head-dim bucket the extension was built with (64, 96, 128, 192, 256: each has its own tile configuration on
+both paths; on Hopper 192 and 256 run the backward whose warpgroups split the head dim, and 96 the one whose dQ
+stores exchange no column groups), tree-masked and plain causal, plus a deterministic backward; and, at one head
+dim (128 where built), the three trees repeated 24 times, so that the forward and backward have more tiles than
+the GPU has SMs and each persistent CTA of the sm90 path runs several, one after the other (with the backward
+deterministic too: CTAs then wait on each other's dQ additions). --no-repeat skips those (racecheck takes minutes
+over each; run_gpu_checks.sh passes it to racecheck only). Each output is checked against
+flash_tree_attn.reference.attention_ref (fp32).
 Exit status 0 when every case ran and matched, 1 otherwise; a head dim the build lacks is skipped.
 """
 from __future__ import annotations
@@ -32,6 +33,9 @@ except ImportError:
 from flash_tree_attn import _ops, flash_attn_varlen_func  # noqa: E402
 from flash_tree_attn.reference import attention_ref  # noqa: E402
 from flash_tree_attn.tree import layout_from_segments  # noqa: E402
+
+sys.path.insert(0, str(REPO / "tools"))
+import generate_kernels  # noqa: E402
 
 TREES = [
     [(-1, 70), (0, 33), (0, 50), (1, 17), (2, 40), (2, 1)],  # 211 tokens
@@ -88,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         print("sanitizer_case: no CUDA GPU")
         return 1
     _ops.require_extension()
-    built = _ops.build_info().get("head_dims")
-    dims = [d for d in (64, 128, 256) if not built or d in built]
+    # Every head-dim bucket the build holds, of those tools/generate_kernels.py lists.
+    built = _ops.build_info().get("head_dims") or generate_kernels.HEAD_DIMS
+    dims = [d for d in generate_kernels.HEAD_DIMS if d in built]
     if not dims:
-        print(f"sanitizer_case: the extension has none of head dims 64, 128, 256 (built: {built})")
+        print(f"sanitizer_case: the extension has none of head dims {generate_kernels.HEAD_DIMS} (built: {built})")
         return 1
     torch.manual_seed(0)
     failed = ran = 0
