@@ -6,14 +6,13 @@
     its own allocation and out-of-bounds accesses are not hidden inside the caching allocator's blocks)
 
 Three packed trees (ragged lengths that do not fill the tiles, a one-token leaf, a chain), bf16, GQA 4/2 heads,
-every head-dim bucket the extension was built with (64, 96, 128, 192, 256: each has its own tile configuration on
-both paths; on Hopper 192 and 256 run the backward whose warpgroups split the head dim, and 96 the one whose dQ
-stores exchange no column groups), tree-masked and plain causal, plus a deterministic backward; and, at one head
-dim (128 where built), the three trees repeated 24 times, so that the forward and backward have more tiles than
-the GPU has SMs and each persistent CTA of the sm90 path runs several, one after the other (with the backward
-deterministic too: CTAs then wait on each other's dQ additions). --no-repeat skips those (racecheck takes minutes
-over each; run_gpu_checks.sh passes it to racecheck only). Each output is checked against
-flash_tree_attn.reference.attention_ref (fp32).
+every head-dim bucket the extension was built with (64, 96, 128, 192, 256; on Hopper 192 and 256 run the backward
+whose warpgroups split the head dim, and 96 the one whose dQ stores exchange no column groups), tree-masked and
+plain causal, plus a deterministic backward; and, at one head dim (128 where built), the three trees repeated 24
+times, so that the forward and backward have more tiles than the GPU has SMs and each persistent CTA of the sm90
+path runs several, one after the other (with the backward deterministic too: CTAs then wait on each other's dQ
+additions). --no-repeat skips those (racecheck takes minutes over each; run_gpu_checks.sh passes it to racecheck
+only). Each output is checked against flash_tree_attn.reference.attention_ref (fp32).
 Exit status 0 when every case ran and matched, 1 otherwise; a head dim the build lacks is skipped.
 """
 from __future__ import annotations
