@@ -7,6 +7,7 @@
 #include "bwd_prepost.h"
 #include "params.h"
 #include "sm80/bwd_kernel.h"
+#include "sm80/dq_lines.h"
 
 namespace flash_tree_attn {
 
@@ -29,13 +30,27 @@ const char *run_sm80_bwd(BwdParams &params, cudaStream_t stream) {
         if (const char *err = sm80::smem_shortfall(params, Compact::kSmemBytes, /*backward=*/true)) return err;
     }
     if (prepost_rows(params) == 0) return nullptr;
+    constexpr bool kDqLines = Config::Traits::kDqLines || Compact::kDqLines;
+    if (kDqLines && (params.shape.batch > 65535 || params.shape.num_heads_q > 65535)) {
+        return "the sm80 backward's dQ conversion takes at most 65535 sequences and 65535 query heads per call; "
+               "split the batch";
+    }
     launch_bwd_dot_do_o<Element, kHeadDim>(params, stream);
+    auto convert = [&](auto traits) {
+        using T = decltype(traits);
+        if constexpr (T::kDqLines) {
+            sm80::launch_convert_dq_lines<T>(params, stream);
+        } else {
+            launch_bwd_convert_dq<Element, kHeadDim>(params, stream);
+        }
+    };
     if (roomy) {
         launch_sm80_bwd_kernel<typename Config::Traits, kCausal>(params, stream);
+        convert(typename Config::Traits{});
     } else {
         launch_sm80_bwd_kernel<Compact, kCausal>(params, stream);
+        convert(Compact{});
     }
-    launch_bwd_convert_dq<Element, kHeadDim>(params, stream);
     return nullptr;
 }
 
