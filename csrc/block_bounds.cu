@@ -3,6 +3,7 @@
 // arrays, far below 1% of an attention forward.
 #include <climits>
 
+#include "grid_units.h"
 #include "kernel_api.h"
 
 namespace flash_tree_attn {
@@ -17,14 +18,16 @@ __global__ void __launch_bounds__(kThreads) block_bounds_kernel(const int *__res
                                                                 int *out_q_min, int *out_q_max,
                                                                 const int *__restrict__ values_k,
                                                                 const int *__restrict__ cu_seqlens_k,
-                                                                int *out_k_min, int *out_k_max) {
-    const bool is_k = blockIdx.z == 1;
+                                                                int *out_k_min, int *out_k_max, int batch) {
+    const int64_t unit = grid_unit();  // sequences fastest, then the array (grid_units.h)
+    if (unit >= 2 * int64_t(batch)) return;
+    const bool is_k = unit >= batch;
     const int *values = is_k ? values_k : values_q;
     const int *cu = is_k ? cu_seqlens_k : cu_seqlens_q;
     int *out_min = is_k ? out_k_min : out_q_min;
     int *out_max = is_k ? out_k_max : out_q_max;
 
-    const int b = blockIdx.y;
+    const int b = int(unit % batch);
     const int g = blockIdx.x;
     const int start = cu[b];
     const int len = cu[b + 1] - start;
@@ -78,10 +81,10 @@ void launch_block_bounds(const FwdParams &p, int *scratch, cudaStream_t stream) 
     const int max_len = p.shape.max_seqlen_q > p.shape.max_seqlen_k ? p.shape.max_seqlen_q : p.shape.max_seqlen_k;
     const int granules = (max_len + kBoundsGranule - 1) / kBoundsGranule;
     if (granules == 0 || p.shape.batch == 0) return;
-    dim3 grid(granules, p.shape.batch, 2);
-    block_bounds_kernel<<<grid, kThreads, 0, stream>>>(
+    block_bounds_kernel<<<unit_grid(granules, 2 * int64_t(p.shape.batch)), kThreads, 0, stream>>>(
         p.tree_start_q, p.cu_seqlens_q, const_cast<int *>(view.q_start_min), const_cast<int *>(view.q_start_max),
-        p.tree_end_k, p.cu_seqlens_k, const_cast<int *>(view.k_end_min), const_cast<int *>(view.k_end_max));
+        p.tree_end_k, p.cu_seqlens_k, const_cast<int *>(view.k_end_min), const_cast<int *>(view.k_end_max),
+        p.shape.batch);
 }
 
 }  // namespace flash_tree_attn

@@ -333,6 +333,41 @@ def test_padded_tree_batch():
     assert_close_conv("out", out, out_ref, out_pt)
 
 
+@pytest.mark.parametrize("batch, heads_q, heads_kv", [(70_000, 1, 1), (1, 70_000, 1)])
+def test_more_sequences_or_heads_than_a_grid_dimension_takes(batch, heads_q, heads_kv):
+    """A CUDA grid's y and z take at most 65535 blocks each; kernels that launch CTAs per sequence or per (sequence,
+    head) fold both into them (csrc/grid_units.h). 70000 copies of one 65-token tree (a whole 64-row query block and
+    one row past it), or 70000 query heads sharing one KV head, must match the reference. The reference sees the
+    batch as one sequence whose heads are the (sequence, head) pairs, so it runs as one batched computation."""
+    seq = 65
+    lay = layout_from_segments([[(-1, 20), (0, 25), (0, 20)]], device="cuda")
+    assert lay.total_tokens == seq
+    start_q, end_k = lay.start_q.repeat(batch), lay.end_k.repeat(batch)
+    cu = torch.arange(batch + 1, device="cuda", dtype=torch.int32) * seq
+    d = compiled_head_dims()[0]
+    q, k, v = make_qkv(batch * seq, batch * seq, heads_q, heads_kv, d, DTYPES[0])
+    out, lse, _ = fta.flash_attn_varlen_func(q, k, v, cu, cu, seq, seq, causal=True, return_attn_probs=True,
+                                             tree_dfs_order_start_q=start_q, tree_dfs_order_end_k=end_k)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+
+    def fold(t):  # (batch * seq, heads, d) -> (seq, batch * heads, d): heads of one sequence, batch outermost
+        return t.view(batch, seq, -1, d).transpose(0, 1).reshape(seq, -1, d)
+
+    cu1 = torch.tensor([0, seq], device="cuda", dtype=torch.int32)
+
+    def reference(upcast):
+        o, l = attention_ref(fold(q), fold(k), fold(v), cu1, cu1, causal=True, tree_dfs_order_start_q=lay.start_q,
+                             tree_dfs_order_end_k=lay.end_k, return_lse=True, upcast=upcast)
+        o = o.view(seq, batch, heads_q, d).transpose(0, 1).reshape(batch * seq, heads_q, d)
+        l = l.view(batch, heads_q, seq).transpose(0, 1).reshape(heads_q, batch * seq)
+        return (o, l, *torch.autograd.grad(o, (q, k, v), g.float() if upcast else g))
+
+    for name, ours, ref, ref_lowp in zip(("out", "lse", "dq", "dk", "dv"), (out, lse, *grads), reference(True),
+                                         reference(False)):
+        assert_close_conv(name, ours, ref, ref_lowp)
+
+
 @pytest.mark.parametrize("d", compiled_head_dims())
 def test_deterministic_backward_is_bitwise_reproducible(d):
     rng = random.Random()

@@ -327,17 +327,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
             // The thread's first dQ element of this tile in row-major order; every other element is a fixed offset
             // from it (columns past head_dim are bucket padding: K is zero there, so they add zeros).
             auto dq_tile_at = [&]() {
-                return params.dq_accum +
-                       (int64_t(q_offset + row0 + get<0>(tdQcdQ(0))) * params.shape.num_heads_q + head) * kHeadDim +
-                       get<1>(tdQcdQ(0));
+                return dq_accum_row<kHeadDim>(params, q_offset + row0 + get<0>(tdQcdQ(0)), head) + get<1>(tdQcdQ(0));
             };
             // (i, i + 1) are neighbouring columns of one row in the MMA accumulator.
             if (row0 + kBlockM <= seqlen_q) {
                 if constexpr (Traits::kDqLines) {
                     static_assert(DqLines<Traits>::kApplies, "line-order dQ needs whole warp instructions per row");
                     // A whole tile: two whole 128-byte lines per warp instruction (dq_lines.h).
-                    float *dq_lines =
-                        params.dq_accum + (int64_t(q_offset + row0) * params.shape.num_heads_q + head) * kHeadDim;
+                    float *dq_lines = dq_accum_row<kHeadDim>(params, q_offset + row0, head);
 #pragma unroll
                     for (int i = 0; i < size(acc_dq); i += 2) {
                         red_add_pair(dq_lines + DqLines<Traits>::offset(tid / 32, tid % 32, i / 2, dq_row_stride),

@@ -15,6 +15,7 @@
 #include <cute/tensor.hpp>
 
 #include "bwd_prepost.h"
+#include "grid_units.h"
 #include "params.h"
 #include "sm80/bwd_traits.h"
 
@@ -41,16 +42,24 @@ struct DqLines {
     }
 };
 
-// dQ = scale * dQaccum in the input dtype. A CTA takes one (sequence, query head) and every gridDim.x-th of its
-// query blocks; each thread reads the pairs the backward's thread of the same index added, in line order in whole
-// tiles and row-major in the last one.
+// The fp32 dQ accumulator's row of (token, query head): (token, query head, bucket) floats, rows bucket apart.
+template <int kBucket>
+__device__ __forceinline__ float *dq_accum_row(const BwdParams &p, int token, int head) {
+    return p.dq_accum + (int64_t(token) * p.shape.num_heads_q + head) * kBucket;
+}
+
+// dQ = scale * dQaccum in the input dtype. A CTA takes one (sequence, query head) (sequences fastest, grid_units.h)
+// and every gridDim.x-th of its query blocks; each thread reads the pairs the backward's thread of the same index
+// added, in line order in whole tiles and row-major in the last one.
 template <typename Traits>
 __global__ void __launch_bounds__(Traits::kNThreads) convert_dq_lines_kernel(const __grid_constant__ BwdParams p) {
     using Element = typename Traits::Element;
     using Lines = DqLines<Traits>;
     constexpr int kBlockM = Traits::kBlockM;
     constexpr int kHeadDim = Traits::kHeadDim;
-    const int batch = blockIdx.y, head = blockIdx.z;
+    const int64_t unit = grid_unit();
+    if (unit >= int64_t(p.shape.batch) * p.shape.num_heads_q) return;
+    const int batch = int(unit % p.shape.batch), head = int(unit / p.shape.batch);
     const int q_offset = p.cu_seqlens_q[batch];
     const int seqlen_q = p.cu_seqlens_q[batch + 1] - q_offset;
     const int tid = threadIdx.x;
@@ -64,7 +73,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) convert_dq_lines_kernel(con
         const int row0 = m_block * kBlockM;
         const int rows = seqlen_q - row0;
         const bool whole = rows >= kBlockM;
-        const float *tile = p.dq_accum + (int64_t(q_offset + row0) * p.shape.num_heads_q + head) * kHeadDim;
+        const float *tile = dq_accum_row<kHeadDim>(p, q_offset + row0, head);
         Element *dst =
             static_cast<Element *>(p.dq) + int64_t(q_offset + row0) * p.dq_row_stride + head * p.dq_head_stride;
         CUTE_UNROLL
@@ -81,8 +90,8 @@ __global__ void __launch_bounds__(Traits::kNThreads) convert_dq_lines_kernel(con
 
 template <typename Traits>
 void launch_convert_dq_lines(const BwdParams &p, cudaStream_t stream) {
-    const dim3 grid(unsigned(std::max(1, ceil_div(p.shape.max_seqlen_q, Traits::kBlockM))), unsigned(p.shape.batch),
-                    unsigned(p.shape.num_heads_q));
+    const dim3 grid = unit_grid(unsigned(std::max(1, ceil_div(p.shape.max_seqlen_q, Traits::kBlockM))),
+                                int64_t(p.shape.batch) * p.shape.num_heads_q);
     convert_dq_lines_kernel<Traits><<<grid, Traits::kNThreads, 0, stream>>>(p);
 }
 

@@ -30,11 +30,6 @@ const char *run_sm80_bwd(BwdParams &params, cudaStream_t stream) {
         if (const char *err = sm80::smem_shortfall(params, Compact::kSmemBytes, /*backward=*/true)) return err;
     }
     if (prepost_rows(params) == 0) return nullptr;
-    constexpr bool kDqLines = Config::Traits::kDqLines || Compact::kDqLines;
-    if (kDqLines && (params.shape.batch > 65535 || params.shape.num_heads_q > 65535)) {
-        return "the sm80 backward's dQ conversion takes at most 65535 sequences and 65535 query heads per call; "
-               "split the batch";
-    }
     launch_bwd_dot_do_o<Element, kHeadDim>(params, stream);
     auto convert = [&](auto traits) {
         using T = decltype(traits);
