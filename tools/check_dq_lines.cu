@@ -1,8 +1,8 @@
 // Checks, on the host, the line order of the sm80 backward's dQ tiles (csrc/sm80/dq_lines.h) for every sm80
 // backward configuration it applies to: DqLines::offset maps (thread, pair) one to one onto the pairs of a
 // kBlockM x kHeadDim tile, and each warp instruction (one pair per lane) covers exactly two whole 128-byte lines.
-// Configurations that do not enable it (Traits::kDqLines) are checked too where it would apply, so that turning
-// it on for them needs no new check. Build and run on any machine with nvcc (no GPU needed):
+// The backward uses the line order wherever DqLines::kApplies, so these are the configurations that take it. Build
+// and run on any machine with nvcc (no GPU needed):
 //   nvcc -std=c++17 --expt-relaxed-constexpr -I csrc -I $CUTLASS_INCLUDE -o /tmp/check_dq_lines \
 //       tools/check_dq_lines.cu && /tmp/check_dq_lines
 // ($CUTLASS_INCLUDE: the nvidia-cutlass package's cutlass_library/source/include.) Exits non-zero on a failure.
@@ -48,8 +48,8 @@ void check(const char *name) {
         int wrong = 0;
         for (int h : hits) wrong += h != 1;
         failures += wrong + bad_lines;
-        std::printf("%-28s %s: %d pairs hit other than once, %d warp instructions not on two whole lines%s\n", name,
-                    wrong + bad_lines ? "FAILED" : "ok", wrong, bad_lines, Traits::kDqLines ? " (enabled)" : "");
+        std::printf("%-28s %s: %d pairs hit other than once, %d warp instructions not on two whole lines\n", name,
+                    wrong + bad_lines ? "FAILED" : "ok", wrong, bad_lines);
     }
 }
 

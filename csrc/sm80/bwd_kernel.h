@@ -1,6 +1,6 @@
 // sm80 backward: dK and dV for one key block of one key/value head per CTA, looping over the query heads
 // that share it (GQA is accumulated in registers, no per-query-head copies) and over the non-empty query
-// blocks; dQ is accumulated in fp32 with atomics (whole tiles in line order where Traits::kDqLines, dq_lines.h), in
+// blocks; dQ is accumulated in fp32 with atomics (whole tiles in line order where DqLines applies, dq_lines.h), in
 // a fixed key-block order when deterministic (dq_order.h).
 #pragma once
 
@@ -331,8 +331,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
             };
             // (i, i + 1) are neighbouring columns of one row in the MMA accumulator.
             if (row0 + kBlockM <= seqlen_q) {
-                if constexpr (Traits::kDqLines) {
-                    static_assert(DqLines<Traits>::kApplies, "line-order dQ needs whole warp instructions per row");
+                if constexpr (DqLines<Traits>::kApplies) {
                     // A whole tile: two whole 128-byte lines per warp instruction (dq_lines.h).
                     float *dq_lines = dq_accum_row<kHeadDim>(params, q_offset + row0, head);
 #pragma unroll

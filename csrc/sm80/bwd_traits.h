@@ -28,9 +28,6 @@ struct BwdTraits : Sm80TileCopies<kHeadDim_, kNWarps_ * 32, Element_> {
     static constexpr int kNThreads = kNWarps * 32;
     static constexpr int kStages = kStages_;  // Q / dO buffers: 2 overlaps the next loads with compute
     static constexpr bool kLateRowStats = kLateRowStats_;
-    // dQ of whole tiles added in line order (dq_lines.h): measured at head dim 128 only, so the other head dims keep
-    // the row-major order until they are.
-    static constexpr bool kDqLines = kHeadDim_ == 128;
     static_assert(kBlockM % kBoundsGranule == 0 && kBlockN % kBoundsGranule == 0);
     static_assert(kStages == 1 || kStages == 2);
 

@@ -6,8 +6,9 @@
 // The tile keeps its place in the (token, query head, bucket) array and every value stays inside it; only the
 // order within it changes, and the conversion reads it back with the same thread/pair map. A tile that reaches
 // past its sequence stays row-major: its places past the sequence are the next sequence's rows. FlashAttention-2
-// reorders its dQ accumulator for the same reason. Measured at head dim 128 on the H200: the backward 5.6% faster
-// at dense causal L=16k (bench_results/RESULTS.md, forty-third session).
+// reorders its dQ accumulator for the same reason. It applies to every sm80 backward configuration (kApplies;
+// tools/check_dq_lines.cu checks the map). On the H200 at dense causal L=16k it made the backward 5.6% faster at head
+// dim 128 and 3-14% at the other head dims (bench_results/RESULTS.md, forty-third and forty-fourth sessions).
 #pragma once
 
 #include <algorithm>
@@ -48,18 +49,36 @@ __device__ __forceinline__ float *dq_accum_row(const BwdParams &p, int token, in
     return p.dq_accum + (int64_t(token) * p.shape.num_heads_q + head) * kBucket;
 }
 
-// dQ = scale * dQaccum in the input dtype. A CTA takes one (sequence, query head) (sequences fastest, grid_units.h)
-// and every gridDim.x-th of its query blocks; each thread reads the pairs the backward's thread of the same index
-// added, in line order in whole tiles and row-major in the last one.
+// Query blocks per sequence the conversion's grid covers (at least one: a call may understate max_seqlen_q).
+template <int kBlockM>
+CUTE_HOST_DEVICE int dq_lines_m_blocks(const BwdParams &p) {
+    const int m_blocks = ceil_div(p.shape.max_seqlen_q, kBlockM);
+    return m_blocks > 1 ? m_blocks : 1;
+}
+
+// dQ = scale * dQaccum in the input dtype. A CTA takes one query head (blockIdx.x) of a (query block, sequence) unit
+// (grid_units.h), and the sequence's query blocks every m_blocks-th after it. Each thread reads the pairs the
+// backward's thread of the same index added (in line order in whole tiles, row-major in the last one) and puts them,
+// converted, at their place in a shared-memory tile, which then leaves row by row in 16-byte stores. Query heads
+// are fastest, so the CTAs that run together read one stretch of the (token, head, bucket) accumulator. On the H200
+// (grpo_P1024, bench_results/RESULTS.md, forty-fourth session) this took 0.36 ms; with query blocks fastest 0.46 ms,
+// and storing 4 bytes per pair straight from registers (32 places per warp instruction) 0.65 ms. The row-wise
+// conversion of a row-major accumulator takes 0.19 ms there.
 template <typename Traits>
 __global__ void __launch_bounds__(Traits::kNThreads) convert_dq_lines_kernel(const __grid_constant__ BwdParams p) {
     using Element = typename Traits::Element;
     using Lines = DqLines<Traits>;
     constexpr int kBlockM = Traits::kBlockM;
     constexpr int kHeadDim = Traits::kHeadDim;
+    // A row of converted pairs, 4 words of padding after it: the 8 rows x 4 words one warp instruction puts fall
+    // in 32 different banks, and rows stay 16-byte aligned.
+    constexpr int kRowWords = kHeadDim / 2 + 4;
+    constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte stores
+    __shared__ __align__(16) uint32_t stage[kBlockM * kRowWords];
+    const int m_blocks = dq_lines_m_blocks<kBlockM>(p);
     const int64_t unit = grid_unit();
-    if (unit >= int64_t(p.shape.batch) * p.shape.num_heads_q) return;
-    const int batch = int(unit % p.shape.batch), head = int(unit / p.shape.batch);
+    if (unit >= int64_t(p.shape.batch) * m_blocks) return;
+    const int head = blockIdx.x, m_first = int(unit % m_blocks), batch = int(unit / m_blocks);
     const int q_offset = p.cu_seqlens_q[batch];
     const int seqlen_q = p.cu_seqlens_q[batch + 1] - q_offset;
     const int tid = threadIdx.x;
@@ -69,29 +88,37 @@ __global__ void __launch_bounds__(Traits::kNThreads) convert_dq_lines_kernel(con
     const float scale = p.softmax_scale;
     // Strided over the sequence's query blocks, so that a call whose max_seqlen_q understates a sequence still
     // converts all of it.
-    for (int m_block = blockIdx.x; m_block * kBlockM < seqlen_q; m_block += gridDim.x) {
+    for (int m_block = m_first; m_block * kBlockM < seqlen_q; m_block += m_blocks) {
         const int row0 = m_block * kBlockM;
         const int rows = seqlen_q - row0;
         const bool whole = rows >= kBlockM;
         const float *tile = dq_accum_row<kHeadDim>(p, q_offset + row0, head);
-        Element *dst =
-            static_cast<Element *>(p.dq) + int64_t(q_offset + row0) * p.dq_row_stride + head * p.dq_head_stride;
         CUTE_UNROLL
         for (int i = 0; i < Lines::kPairsPerThread; ++i) {
             const int r = get<0>(coord(2 * i)), c = get<1>(coord(2 * i));  // (c, c + 1): one pair
-            if (r >= rows || c >= p.shape.head_dim) continue;
+            if (r >= rows) continue;
             const int64_t src = whole ? Lines::offset(tid / 32, tid % 32, i, row_stride) : int64_t(r) * row_stride + c;
             const float2 v = *reinterpret_cast<const float2 *>(tile + src);
-            *reinterpret_cast<uint32_t *>(dst + int64_t(r) * p.dq_row_stride + c) =
-                pack_pair<Element>(v.x * scale, v.y * scale);
+            stage[r * kRowWords + c / 2] = pack_pair<Element>(v.x * scale, v.y * scale);
         }
+        __syncthreads();
+        Element *dst =
+            static_cast<Element *>(p.dq) + int64_t(q_offset + row0) * p.dq_row_stride + head * p.dq_head_stride;
+        for (int chunk = tid; chunk < kBlockM * kChunksPerRow; chunk += Traits::kNThreads) {
+            const int r = chunk / kChunksPerRow, c = chunk % kChunksPerRow * 8;
+            if (r < rows && c < p.shape.head_dim) {
+                *reinterpret_cast<uint4 *>(dst + int64_t(r) * p.dq_row_stride + c) =
+                    *reinterpret_cast<const uint4 *>(&stage[r * kRowWords + c / 2]);
+            }
+        }
+        __syncthreads();  // the stage is refilled by the CTA's next query block
     }
 }
 
 template <typename Traits>
 void launch_convert_dq_lines(const BwdParams &p, cudaStream_t stream) {
-    const dim3 grid = unit_grid(unsigned(std::max(1, ceil_div(p.shape.max_seqlen_q, Traits::kBlockM))),
-                                int64_t(p.shape.batch) * p.shape.num_heads_q);
+    const int64_t units = int64_t(p.shape.batch) * dq_lines_m_blocks<Traits::kBlockM>(p);
+    const dim3 grid = unit_grid(unsigned(p.shape.num_heads_q), units);
     convert_dq_lines_kernel<Traits><<<grid, Traits::kNThreads, 0, stream>>>(p);
 }
 

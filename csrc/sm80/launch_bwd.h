@@ -33,7 +33,7 @@ const char *run_sm80_bwd(BwdParams &params, cudaStream_t stream) {
     launch_bwd_dot_do_o<Element, kHeadDim>(params, stream);
     auto convert = [&](auto traits) {
         using T = decltype(traits);
-        if constexpr (T::kDqLines) {
+        if constexpr (sm80::DqLines<T>::kApplies) {
             sm80::launch_convert_dq_lines<T>(params, stream);
         } else {
             launch_bwd_convert_dq<Element, kHeadDim>(params, stream);
