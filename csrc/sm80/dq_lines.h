@@ -11,8 +11,6 @@
 // dim 128 and 3-14% at the other head dims (bench_results/RESULTS.md, forty-third and forty-fourth sessions).
 #pragma once
 
-#include <algorithm>
-
 #include <cute/tensor.hpp>
 
 #include "bwd_prepost.h"
