@@ -31,20 +31,12 @@ const char *run_sm80_bwd(BwdParams &params, cudaStream_t stream) {
     }
     if (prepost_rows(params) == 0) return nullptr;
     launch_bwd_dot_do_o<Element, kHeadDim>(params, stream);
-    auto convert = [&](auto traits) {
-        using T = decltype(traits);
-        if constexpr (sm80::DqLines<T>::kApplies) {
-            sm80::launch_convert_dq_lines<T>(params, stream);
-        } else {
-            launch_bwd_convert_dq<Element, kHeadDim>(params, stream);
-        }
-    };
     if (roomy) {
         launch_sm80_bwd_kernel<typename Config::Traits, kCausal>(params, stream);
-        convert(typename Config::Traits{});
+        sm80::launch_convert_dq_lines<typename Config::Traits>(params, stream);
     } else {
         launch_sm80_bwd_kernel<Compact, kCausal>(params, stream);
-        convert(Compact{});
+        sm80::launch_convert_dq_lines<Compact>(params, stream);
     }
     return nullptr;
 }
