@@ -19,15 +19,15 @@ __global__ void __launch_bounds__(kThreads) block_bounds_kernel(const int *__res
                                                                 const int *__restrict__ values_k,
                                                                 const int *__restrict__ cu_seqlens_k,
                                                                 int *out_k_min, int *out_k_max, int batch) {
-    const int64_t unit = grid_unit();  // sequences fastest, then the array (grid_units.h)
+    const uint32_t unit = grid_unit();  // sequences fastest, then the array (grid_units.h)
     if (unit >= 2 * int64_t(batch)) return;
-    const bool is_k = unit >= batch;
+    const bool is_k = unit >= uint32_t(batch);
     const int *values = is_k ? values_k : values_q;
     const int *cu = is_k ? cu_seqlens_k : cu_seqlens_q;
     int *out_min = is_k ? out_k_min : out_q_min;
     int *out_max = is_k ? out_k_max : out_q_max;
 
-    const int b = int(unit % batch);
+    const int b = int(unit % uint32_t(batch));
     const int g = blockIdx.x;
     const int start = cu[b];
     const int len = cu[b + 1] - start;

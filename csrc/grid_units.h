@@ -20,7 +20,8 @@ inline dim3 unit_grid(unsigned x, int64_t units) {
     return dim3(x, unsigned(y), unsigned(y == 0 ? 0 : (units + y - 1) / y));
 }
 
-// The unit of this CTA under unit_grid.
-__device__ __forceinline__ int64_t grid_unit() { return blockIdx.y + int64_t(gridDim.y) * blockIdx.z; }
+// The unit of this CTA under unit_grid. Below 65535^2 < 2^32, so 32 bits hold it and the kernels split it into
+// (sequence, head) with 32-bit divisions (a 64-bit division is a ~300-instruction subroutine in SASS).
+__device__ __forceinline__ uint32_t grid_unit() { return blockIdx.y + gridDim.y * blockIdx.z; }
 
 }  // namespace flash_tree_attn

@@ -1,6 +1,6 @@
 // sm80 backward: dK and dV for one key block of one key/value head per CTA, looping over the query heads
 // that share it (GQA is accumulated in registers, no per-query-head copies) and over the non-empty query
-// blocks; dQ is accumulated in fp32 with atomics (whole tiles in line order where DqLines applies, dq_lines.h), in
+// blocks; dQ is accumulated in fp32 with atomics (whole tiles in line order, dq_lines.h), in
 // a fixed key-block order when deterministic (dq_order.h).
 #pragma once
 
@@ -324,28 +324,21 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
                 if (tid == 0) wait_turn(turn);
                 __syncthreads();
             }
-            // The thread's first dQ element of this tile in row-major order; every other element is a fixed offset
-            // from it (columns past head_dim are bucket padding: K is zero there, so they add zeros).
-            auto dq_tile_at = [&]() {
-                return dq_accum_row<kHeadDim>(params, q_offset + row0 + get<0>(tdQcdQ(0)), head) + get<1>(tdQcdQ(0));
-            };
             // (i, i + 1) are neighbouring columns of one row in the MMA accumulator.
             if (row0 + kBlockM <= seqlen_q) {
-                if constexpr (DqLines<Traits>::kApplies) {
-                    // A whole tile: two whole 128-byte lines per warp instruction (dq_lines.h).
-                    float *dq_lines = dq_accum_row<kHeadDim>(params, q_offset + row0, head);
+                // A whole tile: two whole 128-byte lines per warp instruction (dq_lines.h).
+                float *dq_lines = dq_accum_row<kHeadDim>(params, q_offset + row0, head);
 #pragma unroll
-                    for (int i = 0; i < size(acc_dq); i += 2) {
-                        red_add_pair(dq_lines + DqLines<Traits>::offset(tid / 32, tid % 32, i / 2, dq_row_stride),
-                                     acc_dq(i), acc_dq(i + 1));
-                    }
-                } else {
-                    float *dq_tile = dq_tile_at();
-#pragma unroll
-                    for (int i = 0; i < size(acc_dq); i += 2) red_add_pair(dq_tile + dq_offset(i), acc_dq(i), acc_dq(i + 1));
+                for (int i = 0; i < size(acc_dq); i += 2) {
+                    red_add_pair(dq_lines + DqLines<Traits>::offset(tid / 32, tid % 32, i / 2, dq_row_stride),
+                                 acc_dq(i), acc_dq(i + 1));
                 }
             } else {
-                float *dq_tile = dq_tile_at();
+                // The sequence's last, cut tile stays row-major (its places past the sequence are the next one's
+                // rows). The thread's first element in row-major order; every other element is a fixed offset from
+                // it (columns past head_dim are bucket padding: K is zero there, so they add zeros).
+                float *dq_tile =
+                    dq_accum_row<kHeadDim>(params, q_offset + row0 + get<0>(tdQcdQ(0)), head) + get<1>(tdQcdQ(0));
 #pragma unroll
                 for (int i = 0; i < size(acc_dq); i += 2) {
                     if (row0 + get<0>(tdQcdQ(i)) < seqlen_q) {

@@ -61,9 +61,9 @@ CUTE_HOST_DEVICE int dq_lines_m_blocks(const BwdParams &p) {
 // backward's thread of the same index added (in line order in whole tiles, row-major in the last one) and puts them,
 // converted, at their place in a shared-memory tile, which then leaves row by row in 16-byte stores. Query heads
 // are fastest, so the CTAs that run together read one stretch of the (token, head, bucket) accumulator. On the H200
-// (grpo_P1024, bench_results/RESULTS.md, forty-fourth session) this took 0.36 ms; with query blocks fastest 0.46 ms,
-// and storing 4 bytes per pair straight from registers (32 places per warp instruction) 0.65 ms. The row-wise
-// conversion of a row-major accumulator takes 0.19 ms there.
+// (grpo_P1024, bench_results/RESULTS.md, forty-fourth and forty-fifth sessions) this takes 0.20 ms, as the row-wise
+// conversion of a row-major accumulator (0.19 ms); with each load waited for before the next 0.36 ms, with query
+// blocks fastest 0.46 ms, and storing 4 bytes per pair straight from registers (32 places per warp instruction) 0.65.
 template <typename Traits>
 __global__ void __launch_bounds__(Traits::kNThreads) convert_dq_lines_kernel(const __grid_constant__ BwdParams p) {
     using Element = typename Traits::Element;
@@ -76,9 +76,9 @@ __global__ void __launch_bounds__(Traits::kNThreads) convert_dq_lines_kernel(con
     constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte stores
     __shared__ __align__(16) uint32_t stage[kBlockM * kRowWords];
     const int m_blocks = dq_lines_m_blocks<kBlockM>(p);
-    const int64_t unit = grid_unit();
+    const uint32_t unit = grid_unit();
     if (unit >= int64_t(p.shape.batch) * m_blocks) return;
-    const int head = blockIdx.x, m_first = int(unit % m_blocks), batch = int(unit / m_blocks);
+    const int head = blockIdx.x, m_first = int(unit % uint32_t(m_blocks)), batch = int(unit / uint32_t(m_blocks));
     const int q_offset = p.cu_seqlens_q[batch];
     const int seqlen_q = p.cu_seqlens_q[batch + 1] - q_offset;
     const int tid = threadIdx.x;
@@ -93,13 +93,21 @@ __global__ void __launch_bounds__(Traits::kNThreads) convert_dq_lines_kernel(con
         const int rows = seqlen_q - row0;
         const bool whole = rows >= kBlockM;
         const float *tile = dq_accum_row<kHeadDim>(p, q_offset + row0, head);
+        // Every load is issued before the first put. The compiler cannot tell that `tile` (a generic pointer) does
+        // not point into the stage, so in one loop of load-then-put no load went ahead of the put before it: the
+        // forty-fourth session's kernel waited out a memory latency per pair (its SASS). The accumulator is read
+        // once: streaming loads (evict first).
+        float2 v[Lines::kPairsPerThread];
         CUTE_UNROLL
         for (int i = 0; i < Lines::kPairsPerThread; ++i) {
             const int r = get<0>(coord(2 * i)), c = get<1>(coord(2 * i));  // (c, c + 1): one pair
-            if (r >= rows) continue;
             const int64_t src = whole ? Lines::offset(tid / 32, tid % 32, i, row_stride) : int64_t(r) * row_stride + c;
-            const float2 v = *reinterpret_cast<const float2 *>(tile + src);
-            stage[r * kRowWords + c / 2] = pack_pair<Element>(v.x * scale, v.y * scale);
+            v[i] = r < rows ? __ldcs(reinterpret_cast<const float2 *>(tile + src)) : make_float2(0.f, 0.f);
+        }
+        CUTE_UNROLL
+        for (int i = 0; i < Lines::kPairsPerThread; ++i) {
+            const int r = get<0>(coord(2 * i)), c = get<1>(coord(2 * i));
+            if (r < rows) stage[r * kRowWords + c / 2] = pack_pair<Element>(v[i].x * scale, v[i].y * scale);
         }
         __syncthreads();
         Element *dst =

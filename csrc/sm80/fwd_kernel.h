@@ -25,10 +25,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fwd_kernel(const __grid_
 
     // Heavier query blocks (later rows see more keys) are launched first.
     const int m_block = gridDim.x - 1 - blockIdx.x;
-    const int64_t unit = grid_unit();  // sequences fastest, then query heads (grid_units.h)
+    const uint32_t unit = grid_unit();  // sequences fastest, then query heads (grid_units.h)
     if (unit >= int64_t(params.shape.batch) * params.shape.num_heads_q) return;
-    const int batch = int(unit % params.shape.batch);
-    const int head = int(unit / params.shape.batch);
+    const int batch = int(unit % uint32_t(params.shape.batch));
+    const int head = int(unit / uint32_t(params.shape.batch));
     const int tid = threadIdx.x;
 
     const int q_offset = params.cu_seqlens_q[batch];
