@@ -6,7 +6,7 @@
 // The tile keeps its place in the (token, query head, bucket) array and every value stays inside it; only the
 // order within it changes, and the conversion reads it back with the same thread/pair map. A tile that reaches
 // past its sequence stays row-major: its places past the sequence are the next sequence's rows. FlashAttention-2
-// reorders its dQ accumulator for the same reason. Every sm80 backward configuration takes it (kApplies, asserted;
+// reorders its dQ accumulator for the same reason. Every sm80 backward configuration takes it (asserted in DqLines;
 // tools/check_dq_lines.cu checks the map). On the H200 at dense causal L=16k it made the backward 5.6% faster at head
 // dim 128 and 3-14% at the other head dims (bench_results/RESULTS.md, forty-third and forty-fourth sessions).
 #pragma once
@@ -29,9 +29,9 @@ struct DqLines {
     static constexpr int kPairsPerThread = Traits::kBlockM * kHeadDim / 2 / Traits::kNThreads;
     static constexpr int kLinesPerRow = kHeadDim / 32;                      // 128-byte lines of fp32
     static constexpr int kRowsPerWarp = kPairsPerThread * 64 / kHeadDim;    // a warp instruction adds 64 floats
-    static constexpr bool kApplies = kHeadDim % 32 == 0 && (kPairsPerThread * 64) % (2 * kHeadDim) == 0;
-    static_assert(kApplies, "the sm80 backward adds whole dQ tiles in line order: every warp instruction must cover "
-                            "two whole 128-byte lines of the tile's rows");
+    static_assert(kHeadDim % 32 == 0 && (kPairsPerThread * 64) % (2 * kHeadDim) == 0,
+                  "the sm80 backward adds whole dQ tiles in line order: every warp instruction must cover two whole "
+                  "128-byte lines of the tile's rows");
 
     // Offset in floats of pair p of the thread (warp, lane) from the tile's first element, rows `row_stride`
     // floats apart. Each warp owns kRowsPerWarp consecutive rows of the tile; lanes 0-15 add to the first half of
