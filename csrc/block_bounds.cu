@@ -1,6 +1,6 @@
-// Tiny prep kernel: per-granule min/max of the tree arrays, read by classify_tile().
-// One block of kBoundsGranule threads per (granule, sequence, array); cost is one pass over 2 int32
-// arrays, far below 1% of an attention forward.
+// Tiny prep kernel: per-granule min/max of the tree arrays, read by classify_tile(), and the zeroed counter at the
+// end of the scratch (kernel_api.h). One block of kBoundsGranule threads per (granule, sequence, array); cost is
+// one pass over 2 int32 arrays, far below 1% of an attention forward.
 #include <climits>
 
 #include "grid_units.h"
@@ -18,8 +18,10 @@ __global__ void __launch_bounds__(kThreads) block_bounds_kernel(const int *__res
                                                                 int *out_q_min, int *out_q_max,
                                                                 const int *__restrict__ values_k,
                                                                 const int *__restrict__ cu_seqlens_k,
-                                                                int *out_k_min, int *out_k_max, int batch) {
+                                                                int *out_k_min, int *out_k_max, int batch,
+                                                                int *counter) {
     const uint32_t unit = grid_unit();  // sequences fastest, then the array (grid_units.h)
+    if (unit == 0 && blockIdx.x == 0 && threadIdx.x == 0) *counter = 0;  // the CTA every launch has
     if (unit >= 2 * int64_t(batch)) return;
     const bool is_k = unit >= uint32_t(batch);
     const int *values = is_k ? values_k : values_q;
@@ -62,7 +64,7 @@ __global__ void __launch_bounds__(kThreads) block_bounds_kernel(const int *__res
 }  // namespace
 
 int64_t block_bounds_scratch_ints(int64_t total_q, int64_t total_k, int batch) {
-    return 2 * num_granule_slots(total_q, batch) + 2 * num_granule_slots(total_k, batch);
+    return 2 * num_granule_slots(total_q, batch) + 2 * num_granule_slots(total_k, batch) + 1;
 }
 
 TreeBounds block_bounds_view(const int *scratch, int64_t total_q, int64_t total_k, int batch) {
@@ -76,15 +78,23 @@ TreeBounds block_bounds_view(const int *scratch, int64_t total_q, int64_t total_
     return b;
 }
 
+int *block_bounds_counter(int *scratch, int64_t total_q, int64_t total_k, int batch) {
+    return scratch + block_bounds_scratch_ints(total_q, total_k, batch) - 1;
+}
+
 void launch_block_bounds(const FwdParams &p, int *scratch, cudaStream_t stream) {
     const TreeBounds view = block_bounds_view(scratch, p.shape.total_q, p.shape.total_k, p.shape.batch);
+    int *counter = block_bounds_counter(scratch, p.shape.total_q, p.shape.total_k, p.shape.batch);
     const int max_len = p.shape.max_seqlen_q > p.shape.max_seqlen_k ? p.shape.max_seqlen_q : p.shape.max_seqlen_k;
     const int granules = (max_len + kBoundsGranule - 1) / kBoundsGranule;
-    if (granules == 0 || p.shape.batch == 0) return;
+    if (granules == 0 || p.shape.batch == 0) {  // no bounds to compute; the counter is zeroed all the same
+        cudaMemsetAsync(counter, 0, sizeof(int), stream);
+        return;
+    }
     block_bounds_kernel<<<unit_grid(granules, 2 * int64_t(p.shape.batch)), kThreads, 0, stream>>>(
         p.tree_start_q, p.cu_seqlens_q, const_cast<int *>(view.q_start_min), const_cast<int *>(view.q_start_max),
         p.tree_end_k, p.cu_seqlens_k, const_cast<int *>(view.k_end_min), const_cast<int *>(view.k_end_max),
-        p.shape.batch);
+        p.shape.batch, counter);
 }
 
 }  // namespace flash_tree_attn

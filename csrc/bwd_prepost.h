@@ -1,6 +1,6 @@
 // Element-wise kernels around the backward of both kernel paths: D = rowsum(dO * O) - dLSE before it (which
-// also zeroes the fp32 dQ accumulator the backward adds into, saving a fill kernel over the same rows, unless
-// p.dq_first_store), and dQ = scale * dQaccum converted to the input dtype after it. Memory-bound: 16-byte
+// also zeroes the dQ counters and, unless p.dq_first_store, the fp32 dQ accumulator the backward adds into, saving
+// a fill kernel for each), and dQ = scale * dQaccum converted to the input dtype after it. Memory-bound: 16-byte
 // accesses, each thread's loads for several rows issued together.
 #pragma once
 
@@ -98,6 +98,12 @@ __global__ void __launch_bounds__(kPrepostThreads) bwd_dot_do_o_kernel(const __g
                 *reinterpret_cast<float4 *>(accum + c + 4) = make_float4(0.f, 0.f, 0.f, 0.f);
             }
         }
+    }
+    // The dQ counters: one per 64 rows of each head and sequence, so far fewer than this grid's threads except in a
+    // batch of many sequences shorter than its longest (the loop covers any count).
+    const int64_t threads = int64_t(gridDim.x) * kPrepostThreads;
+    for (int64_t i = int64_t(blockIdx.x) * kPrepostThreads + threadIdx.x; i < p.dq_semaphore_ints; i += threads) {
+        p.dq_semaphore[i] = 0;
     }
 }
 

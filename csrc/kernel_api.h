@@ -14,9 +14,12 @@ int head_dim_bucket(int head_dim);
 // Comma-separated compiled head-dim buckets, for error messages and build info.
 const char *compiled_head_dims();
 
-// Tree bounds scratch: block_bounds_scratch_ints() int32s, carved up by block_bounds_view().
+// Tree bounds scratch: block_bounds_scratch_ints() int32s. The bounds, carved up by block_bounds_view(), then one
+// counter that launch_block_bounds() zeroes (block_bounds_counter()): on tree calls the sm90 forward takes it as its
+// item counter, so that zeroing it costs no fill kernel of its own.
 int64_t block_bounds_scratch_ints(int64_t total_q, int64_t total_k, int batch);
 TreeBounds block_bounds_view(const int *scratch, int64_t total_q, int64_t total_k, int batch);
+int *block_bounds_counter(int *scratch, int64_t total_q, int64_t total_k, int batch);
 void launch_block_bounds(const FwdParams &p, int *scratch, cudaStream_t stream);
 
 // Kernel paths. kAuto picks sm90 on compute capability 9.0 when its kernels are compiled, else sm80.

@@ -93,7 +93,10 @@ struct BwdParams : FwdParams {
     const float *dsoftmax_lse = nullptr;  // (num_heads_q, total_q) gradient w.r.t. the LSE output, or nullptr
     float *dq_accum = nullptr;      // (total_q, num_heads_q, head_dim_bucket) fp32, zeroed by the preprocess (or below)
     float *dsoftmax_sum = nullptr;  // (num_heads_q, total_q): rowsum(dO * O) - dLSE, written by the preprocess
-    int *dq_semaphore = nullptr;    // (batch, num_heads_q, query blocks) counters, zeroed (dq_order.h, dq_first_store)
+    // (batch, num_heads_q, query blocks) counters (dq_order.h, dq_first_store), dq_semaphore_ints of them, zeroed by
+    // the preprocess (bwd_prepost.h)
+    int *dq_semaphore = nullptr;
+    int64_t dq_semaphore_ints = 0;
     bool deterministic = false;
     // Set by the launcher: the first key block to add to a (query head, query block) of dq_accum stores its tile
     // instead, so the preprocess does not zero the accumulator, and the conversion writes zeros for the blocks no

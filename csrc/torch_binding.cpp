@@ -207,13 +207,18 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor &q, const at::Tenso
     p.o_row_stride = out.stride(0);
     p.o_head_stride = out.stride(1);
     p.softmax_lse = lse.data_ptr<float>();
-    // The persistent sm90 forward's item counter (sm90/fwd_kernel.h), zeroed here for each call: wherever the
-    // sm90 path may run.
+    // The persistent sm90 forward's item counter (sm90/fwd_kernel.h), zeroed for each call wherever the sm90 path
+    // may run: by the bounds kernel on tree calls (kernel_api.h), by a fill otherwise.
     const KernelPath path = to_path(kernel_path);
     at::Tensor item_counter;
     if (p.device_arch == 90 && path != KernelPath::kSm80) {
-        item_counter = at::zeros({1}, q.options().dtype(at::kInt));
-        p.fwd_item_counter = item_counter.data_ptr<int>();
+        if (scratch.has_value()) {
+            p.fwd_item_counter = block_bounds_counter(scratch->data_ptr<int>(), p.shape.total_q, p.shape.total_k,
+                                                      p.shape.batch);
+        } else {
+            item_counter = at::zeros({1}, q.options().dtype(at::kInt));
+            p.fwd_item_counter = item_counter.data_ptr<int>();
+        }
     }
     if (q.size(0) > 0) {
         check_kernel_ran(run_fwd(p, path, at::cuda::getCurrentCUDAStream()), p);
@@ -263,10 +268,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
     // Zeroed by the backward's first kernel, or written first by a store (bwd_prepost.h, params.h).
     at::Tensor dq_accum = at::empty({q.size(0), q.size(1), bucket}, q.options().dtype(at::kFloat));
     at::Tensor dsum = at::empty({q.size(1), q.size(0)}, q.options().dtype(at::kFloat));
-    // The dQ counters: the deterministic turns, or the first-store tickets; a few bytes per 64 query rows and head.
+    // The dQ counters: the deterministic turns, or the first-store tickets; a few bytes per 64 query rows and head,
+    // zeroed by the backward's first kernel.
     const int64_t m_blocks = (max_seqlen_q + bwd_block_m(bucket) - 1) / bwd_block_m(bucket);
-    at::Tensor semaphore = at::zeros({p.shape.batch, q.size(1), m_blocks}, q.options().dtype(at::kInt));
+    at::Tensor semaphore = at::empty({p.shape.batch, q.size(1), m_blocks}, q.options().dtype(at::kInt));
     p.dq_semaphore = semaphore.data_ptr<int>();
+    p.dq_semaphore_ints = semaphore.numel();
     p.out = out.data_ptr();
     p.o_row_stride = out.stride(0);
     p.o_head_stride = out.stride(1);

@@ -84,10 +84,13 @@ def make_qkv(total_q, total_k, hq, hkv, d, dtype, requires_grad=True):
 
 
 def run_case(q, k, v, cu_q, cu_k, max_q, max_k, causal, start_q=None, end_k=None, backward=True,
-             deterministic=False):
-    """Runs ours and both references; checks out, lse and (optionally) dq, dk, dv."""
+             deterministic=False, before_call=None):
+    """Runs ours and both references; checks out, lse and (optionally) dq, dk, dv. before_call() runs right before
+    our forward and our backward."""
     hq, d = q.shape[1], q.shape[2]
     poison_allocator(((q.shape[0], hq, d), q.dtype), ((hq, q.shape[0]), torch.float32))
+    if before_call is not None:
+        before_call()
     out, lse, _ = fta.flash_attn_varlen_func(
         q, k, v, cu_q, cu_k, max_q, max_k, causal=causal, return_attn_probs=True, deterministic=deterministic,
         tree_dfs_order_start_q=start_q, tree_dfs_order_end_k=end_k)
@@ -102,6 +105,8 @@ def run_case(q, k, v, cu_q, cu_k, max_q, max_k, causal, start_q=None, end_k=None
     g = torch.randn_like(out)
     poison_allocator(((q.shape[0], hq, d), q.dtype), (k.shape, k.dtype), (v.shape, v.dtype),
                      ((q.shape[0], hq, d), torch.float32))
+    if before_call is not None:
+        before_call()
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), g)
     dq_ref, dk_ref, dv_ref = torch.autograd.grad(out_ref, (q, k, v), g.float())
     dq_pt, dk_pt, dv_pt = torch.autograd.grad(out_pt, (q, k, v), g)
@@ -332,6 +337,31 @@ def test_padded_tree_batch():
     out_pt = attention_ref(q, k, v, causal=True, tree_dfs_order_start_q=sq, tree_dfs_order_end_k=ek, upcast=False)
     assert_close_conv("out", out, out_ref, out_pt)
 
+
+
+def poison_small_blocks():
+    """Leave the allocator's small cached blocks (512 bytes to 256 KB) full of nonzero words, as a trainer's earlier
+    tensors would: counters and scratch a call allocates without initialising then start from garbage."""
+    torch.cuda.empty_cache()
+    held = [torch.full((128 << i,), -1, dtype=torch.int32, device="cuda") for i in range(10) for _ in range(4)]
+    del held
+
+
+# The sm90 forward's item counter and the backward's dQ counters (first-store tickets, deterministic turns) are
+# allocated without a fill; the call's first kernel zeroes them (the bounds kernel on tree calls, the backward's
+# preprocess). Garbage left in the allocator must not reach the results, with or without a tree, in either mode.
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("tree", [False, True])
+def test_counters_start_from_garbage(tree, deterministic):
+    rng = random.Random()
+    lay = layout_from_segments([grpo_tree(rng, rng.randint(100, 400), 3, 100, 300) for _ in range(2)],
+                               device="cuda")
+    n = lay.total_tokens
+    start_q, end_k = (lay.start_q, lay.end_k) if tree else (None, None)
+    for _ in range(2):
+        q, k, v = make_qkv(n, n, 4, 2, compiled_head_dims()[0], DTYPES[0])
+        run_case(q, k, v, lay.cu_seqlens, lay.cu_seqlens, lay.max_seqlen, lay.max_seqlen, True, start_q, end_k,
+                 deterministic=deterministic, before_call=poison_small_blocks)
 
 # 70000 query heads on 17500 KV heads (GQA 4): with one KV head for all of them, the sm80 backward sums each dK / dV
 # over 140000 steps in one fp32 accumulator and the error reaches 25x the reference's (fp16, D=64; RESULTS.md,
