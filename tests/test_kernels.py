@@ -338,7 +338,6 @@ def test_padded_tree_batch():
     assert_close_conv("out", out, out_ref, out_pt)
 
 
-
 def poison_small_blocks():
     """Leave the allocator's small cached blocks (512 bytes to 256 KB) full of nonzero words, as a trainer's earlier
     tensors would: counters and scratch a call allocates without initialising then start from garbage."""
@@ -347,9 +346,11 @@ def poison_small_blocks():
     del held
 
 
-# The sm90 forward's item counter and the backward's dQ counters (first-store tickets, deterministic turns) are
-# allocated without a fill; the call's first kernel zeroes them (the bounds kernel on tree calls, the backward's
-# preprocess). Garbage left in the allocator must not reach the results, with or without a tree, in either mode.
+# The sm90 forward's item counter on tree calls and the backward's dQ counters (first-store tickets, deterministic
+# turns) are allocated without a fill: a kernel the call launches anyway zeroes them (the bounds kernel, the
+# backward's preprocess). Garbage left in the allocator must not reach the results, with or without a tree, in
+# either mode. Without those zeroings this test ran into a 60-second timeout with no result (bench_results/RESULTS.md,
+# forty-seventh session).
 @pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("tree", [False, True])
 def test_counters_start_from_garbage(tree, deterministic):
@@ -362,6 +363,7 @@ def test_counters_start_from_garbage(tree, deterministic):
         q, k, v = make_qkv(n, n, 4, 2, compiled_head_dims()[0], DTYPES[0])
         run_case(q, k, v, lay.cu_seqlens, lay.cu_seqlens, lay.max_seqlen, lay.max_seqlen, True, start_q, end_k,
                  deterministic=deterministic, before_call=poison_small_blocks)
+
 
 # 70000 query heads on 17500 KV heads (GQA 4): with one KV head for all of them, the sm80 backward sums each dK / dV
 # over 140000 steps in one fp32 accumulator and the error reaches 25x the reference's (fp16, D=64; RESULTS.md,
