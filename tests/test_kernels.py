@@ -339,11 +339,11 @@ def test_padded_tree_batch():
 
 
 def poison_small_blocks():
-    """Leave the allocator's small cached blocks (512 bytes to 256 KB) full of nonzero words, as a trainer's earlier
-    tensors would: counters and scratch a call allocates without initialising then start from garbage."""
+    """Leave the allocator's small cached blocks (512 bytes to 256 KB) full of nonzero words (NaN's bits), as a
+    trainer's earlier tensors would: counters and scratch a call allocates without initialising then start from
+    garbage."""
     torch.cuda.empty_cache()
-    held = [torch.full((128 << i,), -1, dtype=torch.int32, device="cuda") for i in range(10) for _ in range(4)]
-    del held
+    poison_allocator(*[((128 << i,), torch.float32) for i in range(10) for _ in range(4)])
 
 
 # The sm90 forward's item counter on tree calls and the backward's dQ counters (first-store tickets, deterministic
