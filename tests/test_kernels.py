@@ -349,8 +349,8 @@ def poison_small_blocks():
 # The sm90 forward's item counter on tree calls and the backward's dQ counters (first-store tickets, deterministic
 # turns) are allocated without a fill: a kernel the call launches anyway zeroes them (the bounds kernel, the
 # backward's preprocess). Garbage left in the allocator must not reach the results, with or without a tree, in
-# either mode. Without those zeroings this test ran into a 60-second timeout with no result (bench_results/RESULTS.md,
-# forty-seventh session).
+# either mode. Without those zeroings this test, then poisoning with -1, ran into a 60-second timeout with no result
+# (bench_results/RESULTS.md, forty-seventh session).
 @pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("tree", [False, True])
 def test_counters_start_from_garbage(tree, deterministic):
